@@ -1,0 +1,22 @@
+//! Cove's domain: the types every other crate speaks, and the rules that need no I/O.
+//!
+//! Architecture invariant: this crate does no I/O (no files, no network, no clock reads
+//! except through values handed in) and depends on no other Cove crate.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod ids;
+pub mod name;
+pub mod plan;
+pub mod resources;
+pub mod state;
+pub mod workspace;
+
+pub use auth::{hash_token, Role, User};
+pub use ids::{TokenId, UserId, WorkspaceId};
+pub use name::{Name, NameError};
+pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};
+pub use resources::{format_size, parse_size, Resources, ResourcesError};
+pub use state::{ActualState, DesiredState};
+pub use workspace::{Workspace, WorkspaceSpec, DEFAULT_IDLE_TIMEOUT_MINUTES};
