@@ -1,1 +1,192 @@
-fn main() {}
+//! `cove`: one binary for the control plane (`cove server`), the CLI, and image tools.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod config;
+mod output;
+mod wait;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cove", version, about = "Remote development workspaces on Podman or Docker")]
+struct Cli {
+    /// The Cove server's URL (default: the one `cove login` saved, else http://127.0.0.1:7080).
+    #[arg(long, global = true, env = "COVE_URL")]
+    url: Option<String>,
+    /// An API token (default: the one `cove login` saved).
+    #[arg(long, global = true, env = "COVE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: API, reconciler and store.
+    Server(ServerArgs),
+    /// Log in to a Cove server and save its URL and a new token.
+    Login(commands::LoginArgs),
+    /// Build workspace images without a registry.
+    #[command(subcommand)]
+    Image(commands::ImageCommand),
+    /// Print shell completions, e.g. `cove completions bash > /etc/bash_completion.d/cove`.
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Remote(Remote),
+}
+
+/// The commands that talk to a server.
+#[derive(Subcommand)]
+enum Remote {
+    /// Create a workspace and wait until it runs.
+    Create(commands::CreateArgs),
+    /// List workspaces.
+    #[command(alias = "list")]
+    Ls(commands::LsArgs),
+    /// Show one workspace.
+    Show(commands::ShowArgs),
+    /// Start a stopped workspace.
+    Start(commands::StateArgs),
+    /// Stop a workspace; its files stay.
+    Stop(commands::StateArgs),
+    /// Stop and start a workspace again.
+    Restart(commands::StateArgs),
+    /// Delete a workspace with its container and volume.
+    #[command(alias = "delete")]
+    Rm(commands::StateArgs),
+    /// Change a workspace's resources or idle timeout.
+    Set(commands::SetArgs),
+    /// Run a command in a running workspace, e.g. `cove exec api -- make test`.
+    Exec(commands::ExecArgs),
+    /// Print a workspace's container output.
+    Logs(commands::LogsArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(commands::TokensCommand),
+    /// Manage users (admins only).
+    #[command(subcommand)]
+    Users(commands::UsersCommand),
+    /// Show the server's engine and reconciler status.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "COVE_LISTEN", default_value = cove_server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the database and server state live (default: the user's data dir, `cove/`).
+    #[arg(long, env = "COVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The container engine's API endpoint (default: DOCKER_HOST, then the Podman and Docker sockets).
+    #[arg(long, env = "DOCKER_HOST")]
+    engine: Option<String>,
+    /// Label objects with this instance id instead of the stored one.
+    #[arg(long, env = "COVE_INSTANCE", hide = true)]
+    instance: Option<String>,
+    /// Image for workspaces created without one.
+    #[arg(long, env = "COVE_DEFAULT_IMAGE", default_value = cove_server::DEFAULT_IMAGE)]
+    default_image: String,
+    /// Milliseconds between reconcile passes when nothing pokes the loop.
+    #[arg(long, default_value_t = 2000)]
+    reconcile_interval_ms: u64,
+    /// Longest retry delay, in milliseconds, for a workspace whose last step failed.
+    #[arg(long, default_value_t = 30_000)]
+    max_backoff_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (url, token) = (cli.url, cli.token);
+    match cli.command {
+        Command::Server(args) => server(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Login(args) => commands::login(url, args).await,
+        Command::Image(c) => commands::image(c).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remote(command) => {
+            let (url, token) = config::resolve(url, token)?;
+            let client = client::Client::new(url, Some(token))?;
+            remote(&client, command).await
+        }
+    }
+}
+
+async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<ExitCode> {
+    match command {
+        Remote::Create(a) => commands::create(client, a).await,
+        Remote::Ls(a) => commands::ls(client, a).await,
+        Remote::Show(a) => commands::show(client, a).await,
+        Remote::Start(a) => commands::start(client, a).await,
+        Remote::Stop(a) => commands::stop(client, a).await,
+        Remote::Restart(a) => commands::restart(client, a).await,
+        Remote::Rm(a) => commands::rm(client, a).await,
+        Remote::Set(a) => commands::set(client, a).await,
+        Remote::Exec(a) => commands::exec(client, a).await,
+        Remote::Logs(a) => commands::logs(client, a).await,
+        Remote::Tokens(c) => commands::tokens(client, c).await,
+        Remote::Users(c) => commands::users(client, c).await,
+        Remote::Status => commands::status(client).await,
+    }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => config::data_dir()?,
+    };
+    let config = cove_server::Config {
+        listen: args.listen,
+        data_dir,
+        engine_endpoint: args.engine,
+        instance: args.instance,
+        default_image: args.default_image,
+        reconcile: cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms),
+    };
+    let server = cove_server::start(config).await?;
+    for note in &server.notes {
+        eprintln!("{note}");
+    }
+    println!("cove server listening on http://{}", server.addr);
+    server.run_until_signal().await
+}
+
+fn cove_reconciler_config(interval_ms: u64, max_backoff_ms: u64) -> cove_server::ReconcileConfig {
+    let mut c = cove_server::ReconcileConfig::default();
+    c.interval = std::time::Duration::from_millis(interval_ms.max(50));
+    c.backoff_max = std::time::Duration::from_millis(max_backoff_ms.max(100));
+    c.backoff_base = c.backoff_base.min(c.backoff_max);
+    c
+}

@@ -13,7 +13,7 @@ pub mod resources;
 pub mod state;
 pub mod workspace;
 
-pub use auth::{hash_token, Role, User};
+pub use auth::{hash_token, ApiToken, Role, User};
 pub use ids::{TokenId, UserId, WorkspaceId};
 pub use name::{Name, NameError};
 pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};

@@ -37,10 +37,7 @@ impl Name {
         if s.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong(s.to_string()));
         }
-        if let Some(bad) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
+        if let Some(bad) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(NameError::BadChar(s.to_string(), bad));
         }
         if !first.is_ascii_lowercase() {

@@ -104,8 +104,9 @@ pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed) -> Plan
     match desired {
         DesiredState::Running => match container {
             Some(C::Running) if is_current(observed, spec_hash) => Plan::steady(A::Running),
-            Some(C::Restarting | C::Removing) => Plan::steady(A::Starting)
-                .with_message("waiting for the engine to settle the container".into()),
+            Some(C::Restarting | C::Removing) => {
+                Plan::steady(A::Starting).with_message("waiting for the engine to settle the container".into())
+            }
             Some(C::Exited { code }) if is_current(observed, spec_hash) => {
                 Plan::act(A::Failed, vec![Action::StartContainer], A::Running)
                     .with_message(format!("container exited with code {code}; starting it again"))
@@ -113,17 +114,11 @@ pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed) -> Plan
             _ => Plan::act(A::Starting, actions_to_run(observed, spec_hash), A::Running),
         },
         DesiredState::Stopped => match container {
-            Some(C::Running | C::Restarting) => {
-                Plan::act(A::Stopping, vec![Action::StopContainer], A::Stopped)
+            Some(C::Running | C::Restarting) => Plan::act(A::Stopping, vec![Action::StopContainer], A::Stopped),
+            Some(C::Paused) => {
+                Plan::act(A::Stopping, vec![Action::UnpauseContainer, Action::StopContainer], A::Stopped)
             }
-            Some(C::Paused) => Plan::act(
-                A::Stopping,
-                vec![Action::UnpauseContainer, Action::StopContainer],
-                A::Stopped,
-            ),
-            None | Some(C::Created | C::Exited { .. } | C::Dead | C::Removing) => {
-                Plan::steady(A::Stopped)
-            }
+            None | Some(C::Created | C::Exited { .. } | C::Dead | C::Removing) => Plan::steady(A::Stopped),
         },
         DesiredState::RestartRequested => {
             let mut actions = match container {
@@ -162,10 +157,7 @@ pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed) -> Plan
 }
 
 fn is_current(observed: &Observed, spec_hash: &str) -> bool {
-    observed
-        .container
-        .as_ref()
-        .is_some_and(|c| c.spec_hash.as_deref() == Some(spec_hash))
+    observed.container.as_ref().is_some_and(|c| c.spec_hash.as_deref() == Some(spec_hash))
 }
 
 /// The actions that take a workspace that is not running to running.
@@ -208,10 +200,8 @@ mod tests {
     /// What the runtime shows: `None` for no container; `old` for a container of another spec.
     fn world(container: Option<C>, old: bool, volume: bool) -> Observed {
         Observed {
-            container: container.map(|state| ObservedContainer {
-                state,
-                spec_hash: Some(if old { "old" } else { HASH }.to_string()),
-            }),
+            container: container
+                .map(|state| ObservedContainer { state, spec_hash: Some(if old { "old" } else { HASH }.to_string()) }),
             volume,
         }
     }
@@ -229,20 +219,50 @@ mod tests {
     #[test]
     fn desired_running() {
         let exited = C::Exited { code: 1 };
-        check(D::Running, world(None, false, false), A::Starting, &[CreateVolume, CreateContainer, StartContainer], A::Running);
+        check(
+            D::Running,
+            world(None, false, false),
+            A::Starting,
+            &[CreateVolume, CreateContainer, StartContainer],
+            A::Running,
+        );
         check(D::Running, world(None, false, true), A::Starting, &[CreateContainer, StartContainer], A::Running);
         check(D::Running, world(Some(C::Created), false, true), A::Starting, &[StartContainer], A::Running);
         check(D::Running, world(Some(C::Running), false, true), A::Running, &[], A::Running);
         check(D::Running, world(Some(C::Paused), false, true), A::Starting, &[UnpauseContainer], A::Running);
         check(D::Running, world(Some(exited), false, true), A::Failed, &[StartContainer], A::Running);
-        check(D::Running, world(Some(C::Dead), false, true), A::Starting, &[RemoveContainer, CreateContainer, StartContainer], A::Running);
+        check(
+            D::Running,
+            world(Some(C::Dead), false, true),
+            A::Starting,
+            &[RemoveContainer, CreateContainer, StartContainer],
+            A::Running,
+        );
         check(D::Running, world(Some(C::Restarting), false, true), A::Starting, &[], A::Starting);
         check(D::Running, world(Some(C::Removing), false, true), A::Starting, &[], A::Starting);
         // A changed spec replaces the container and keeps the volume.
-        check(D::Running, world(Some(C::Running), true, true), A::Starting, &[RemoveContainer, CreateContainer, StartContainer], A::Running);
-        check(D::Running, world(Some(exited), true, true), A::Starting, &[RemoveContainer, CreateContainer, StartContainer], A::Running);
+        check(
+            D::Running,
+            world(Some(C::Running), true, true),
+            A::Starting,
+            &[RemoveContainer, CreateContainer, StartContainer],
+            A::Running,
+        );
+        check(
+            D::Running,
+            world(Some(exited), true, true),
+            A::Starting,
+            &[RemoveContainer, CreateContainer, StartContainer],
+            A::Running,
+        );
         // A volume removed by hand under an exited container is made again.
-        check(D::Running, world(Some(C::Created), false, false), A::Starting, &[CreateVolume, StartContainer], A::Running);
+        check(
+            D::Running,
+            world(Some(C::Created), false, false),
+            A::Starting,
+            &[CreateVolume, StartContainer],
+            A::Running,
+        );
     }
 
     #[test]
@@ -252,7 +272,13 @@ mod tests {
         check(D::Stopped, world(Some(C::Running), false, true), A::Stopping, &[StopContainer], A::Stopped);
         check(D::Stopped, world(Some(C::Running), true, true), A::Stopping, &[StopContainer], A::Stopped);
         check(D::Stopped, world(Some(C::Restarting), false, true), A::Stopping, &[StopContainer], A::Stopped);
-        check(D::Stopped, world(Some(C::Paused), false, true), A::Stopping, &[UnpauseContainer, StopContainer], A::Stopped);
+        check(
+            D::Stopped,
+            world(Some(C::Paused), false, true),
+            A::Stopping,
+            &[UnpauseContainer, StopContainer],
+            A::Stopped,
+        );
         check(D::Stopped, world(Some(C::Created), false, true), A::Stopped, &[], A::Stopped);
         check(D::Stopped, world(Some(C::Exited { code: 137 }), false, true), A::Stopped, &[], A::Stopped);
         check(D::Stopped, world(Some(C::Dead), false, true), A::Stopped, &[], A::Stopped);
@@ -260,18 +286,60 @@ mod tests {
 
     #[test]
     fn desired_restart() {
-        check(D::RestartRequested, world(Some(C::Running), false, true), A::Stopping, &[StopContainer, MarkRestarted, StartContainer], A::Running);
-        check(D::RestartRequested, world(Some(C::Paused), false, true), A::Stopping, &[UnpauseContainer, StopContainer, MarkRestarted, StartContainer], A::Running);
-        check(D::RestartRequested, world(Some(C::Exited { code: 0 }), false, true), A::Starting, &[MarkRestarted, StartContainer], A::Running);
-        check(D::RestartRequested, world(None, false, true), A::Starting, &[MarkRestarted, CreateContainer, StartContainer], A::Running);
+        check(
+            D::RestartRequested,
+            world(Some(C::Running), false, true),
+            A::Stopping,
+            &[StopContainer, MarkRestarted, StartContainer],
+            A::Running,
+        );
+        check(
+            D::RestartRequested,
+            world(Some(C::Paused), false, true),
+            A::Stopping,
+            &[UnpauseContainer, StopContainer, MarkRestarted, StartContainer],
+            A::Running,
+        );
+        check(
+            D::RestartRequested,
+            world(Some(C::Exited { code: 0 }), false, true),
+            A::Starting,
+            &[MarkRestarted, StartContainer],
+            A::Running,
+        );
+        check(
+            D::RestartRequested,
+            world(None, false, true),
+            A::Starting,
+            &[MarkRestarted, CreateContainer, StartContainer],
+            A::Running,
+        );
         // A restart also applies a changed spec.
-        check(D::RestartRequested, world(Some(C::Running), true, true), A::Stopping, &[StopContainer, MarkRestarted, RemoveContainer, CreateContainer, StartContainer], A::Running);
+        check(
+            D::RestartRequested,
+            world(Some(C::Running), true, true),
+            A::Stopping,
+            &[StopContainer, MarkRestarted, RemoveContainer, CreateContainer, StartContainer],
+            A::Running,
+        );
     }
 
     #[test]
     fn desired_terminated() {
-        check(D::Terminated, world(Some(C::Running), false, true), A::Terminating, &[RemoveContainer, RemoveVolume, Forget], A::Terminated);
-        check(D::Terminated, world(Some(C::Exited { code: 0 }), true, false), A::Terminating, &[RemoveContainer, Forget], A::Terminated);
+        check(
+            D::Terminated,
+            world(Some(C::Running), false, true),
+            A::Terminating,
+            &[RemoveContainer, RemoveVolume, Forget],
+            A::Terminated,
+        );
+        check(
+            D::Terminated,
+            world(Some(C::Exited { code: 0 }), true, false),
+            A::Terminating,
+            &[RemoveContainer, Forget],
+            A::Terminated,
+        );
         check(D::Terminated, world(None, false, true), A::Terminating, &[RemoveVolume, Forget], A::Terminated);
         // Correct even if creation never began.
         check(D::Terminated, world(None, false, false), A::Terminating, &[Forget], A::Terminated);

@@ -25,11 +25,7 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Self {
-            cpus_milli: 2_000,
-            memory_bytes: 2 * GIB,
-            disk_bytes: None,
-        }
+        Self { cpus_milli: 2_000, memory_bytes: 2 * GIB, disk_bytes: None }
     }
 }
 
@@ -107,7 +103,7 @@ pub fn parse_size(input: &str) -> Result<u64, ResourcesError> {
 pub fn format_size(bytes: u64) -> String {
     for (unit, size) in [("t", TIB), ("g", GIB), ("m", MIB), ("k", KIB)] {
         if bytes >= size {
-            if bytes % size == 0 {
+            if bytes.is_multiple_of(size) {
                 return format!("{}{unit}", bytes / size);
             }
             return format!("{:.1}{unit}", bytes as f64 / size as f64);

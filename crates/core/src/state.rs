@@ -38,10 +38,7 @@ pub enum ActualState {
 impl ActualState {
     /// States a CLI waiting for a change should keep waiting through.
     pub fn is_transitional(self) -> bool {
-        matches!(
-            self,
-            Self::CreationRequested | Self::Starting | Self::Stopping | Self::Terminating
-        )
+        matches!(self, Self::CreationRequested | Self::Starting | Self::Stopping | Self::Terminating)
     }
 }
 

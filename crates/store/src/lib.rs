@@ -1,1 +1,121 @@
-//! placeholder
+//! Cove's persistence. One `Store` owns every query; methods are named resource-first
+//! (`workspace_create`, `workspace_list_by_owner`). SQLite is the embedded default;
+//! the trait is there so PostgreSQL can follow for a highly available control plane.
+//!
+//! Architecture invariant: no SQL outside this crate.
+
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cove_core::{
+    ActualState, ApiToken, DesiredState, Name, Resources, Role, TokenId, User, UserId, Workspace, WorkspaceId,
+};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or generation check failed; the text says which.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub struct NewUser {
+    pub name: Name,
+    pub role: Role,
+    /// An argon2id PHC string; the store never sees a plain password.
+    pub password_hash: String,
+}
+
+pub struct NewToken {
+    pub user: UserId,
+    pub name: String,
+    /// `cove_core::hash_token` of the secret.
+    pub token_hash: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub struct NewWorkspace {
+    pub name: Name,
+    pub owner: UserId,
+    pub image: String,
+    pub resources: Resources,
+    pub idle_timeout_minutes: u32,
+    pub desired: DesiredState,
+}
+
+/// A change asked for by a user; `None` fields are left as they are.
+#[derive(Default)]
+pub struct WorkspacePatch {
+    pub desired: Option<DesiredState>,
+    pub resources: Option<Resources>,
+    pub idle_timeout_minutes: Option<u32>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// This control plane's id, made on first use and kept; it labels every engine object.
+    async fn instance_id(&self) -> Result<String>;
+
+    async fn user_count(&self) -> Result<u64>;
+    /// `Conflict` when the name is taken.
+    async fn user_create(&self, new: NewUser) -> Result<User>;
+    async fn user_get(&self, id: UserId) -> Result<User>;
+    /// The user and their password hash.
+    async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>>;
+
+    /// `NotFound` when the user does not exist.
+    async fn token_create(&self, new: NewToken) -> Result<ApiToken>;
+    /// The token and its user, unless unknown or expired at `now` (`expires_at <= now`).
+    /// Records the use in `last_used_at`, to the minute.
+    async fn token_authenticate(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<(ApiToken, User)>>;
+    /// Expired tokens included, oldest first.
+    async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>>;
+    /// `NotFound` unless the token exists and belongs to `user`.
+    async fn token_delete(&self, user: UserId, id: TokenId) -> Result<()>;
+
+    /// Writes a new workspace with actual state `CreationRequested`, generation 1.
+    /// `Conflict` when the owner already has one of that name, `NotFound` when the owner
+    /// does not exist.
+    async fn workspace_create(&self, new: NewWorkspace) -> Result<Workspace>;
+    async fn workspace_get(&self, id: WorkspaceId) -> Result<Workspace>;
+    async fn workspace_get_by_name(&self, owner: UserId, name: &Name) -> Result<Workspace>;
+    /// Sorted by name.
+    async fn workspace_list_by_owner(&self, owner: UserId) -> Result<Vec<Workspace>>;
+    /// Sorted by name, then owner name.
+    async fn workspace_list_all(&self) -> Result<Vec<Workspace>>;
+    /// Applies a user's change, bumps the generation and sets `updated_at`. With
+    /// `expected_generation`, applies only if the stored generation still equals it
+    /// (`Conflict` otherwise). `NotFound` for an unknown id.
+    async fn workspace_patch(
+        &self,
+        id: WorkspaceId,
+        patch: WorkspacePatch,
+        expected_generation: Option<i64>,
+    ) -> Result<Workspace>;
+    /// Records observed state. Wins only if `actual_generation` is newer than the stored
+    /// one; returns whether it was written (`false` also for an unknown id). Leaves
+    /// `updated_at`, which tells when the user last changed the workspace.
+    async fn workspace_set_actual(
+        &self,
+        id: WorkspaceId,
+        actual: ActualState,
+        message: Option<&str>,
+        actual_generation: i64,
+    ) -> Result<bool>;
+    /// Removes the record: the last step of termination. `NotFound` if already gone.
+    async fn workspace_delete(&self, id: WorkspaceId) -> Result<()>;
+}

@@ -1,0 +1,528 @@
+//! The CLI's commands. Each parses its flags, calls the API, and prints for people
+//! (or JSON with `--json`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use chrono::Utc;
+use cove_core::{format_size, DesiredState};
+use cove_server::views::{ExecFrame, TokenView, UserView, WorkspaceView};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{segment, Client};
+use crate::config;
+use crate::output::{age, table};
+use crate::wait::{self, Goal};
+
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    /// The server's URL, e.g. http://127.0.0.1:7080.
+    url: Option<String>,
+    #[arg(long, default_value = "admin")]
+    username: String,
+    /// Read the password from this file (first line).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password_file: Option<PathBuf>,
+    /// Read the password from standard input (first line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+pub async fn login(url_flag: Option<String>, args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let url = args
+        .url
+        .or(url_flag)
+        .or(config::load()?.url)
+        .unwrap_or_else(|| format!("http://{}", cove_server::DEFAULT_LISTEN));
+    let url = url.trim_end_matches('/').to_string();
+    let password = if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?;
+        first_line(&text)
+    } else if args.password_stdin || !std::io::stdin().is_terminal() {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read the password from standard input")?;
+        first_line(&text)
+    } else {
+        rpassword::prompt_password(format!("password for {}: ", args.username)).context("cannot read the password")?
+    };
+    let client = Client::new(url.clone(), None)?;
+    let host = hostname();
+    let answer: Value = client
+        .json(
+            Method::POST,
+            "/api/v1/auth/login",
+            Some(&json!({ "username": args.username, "password": password, "token_name": format!("cli@{host}") })),
+        )
+        .await?;
+    let token = answer["token"].as_str().context("the server's answer has no token")?;
+    let path = config::save(&config::Saved { url: Some(url.clone()), token: Some(token.to_string()) })?;
+    eprintln!("logged in to {url} as {}; token saved in {}", args.username, path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    /// Image to run (default: the server's default, cove/base:latest).
+    #[arg(long)]
+    image: Option<String>,
+    /// CPUs, e.g. 2 or 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory, e.g. 2g or 512m.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Size of the persistent volume, where the engine can enforce one, e.g. 20g.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Minutes without activity before it is stopped; 0 for never.
+    #[arg(long)]
+    idle_timeout: Option<u32>,
+    /// Create it stopped.
+    #[arg(long)]
+    stopped: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for the change.
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds to wait before giving up (the change still goes on).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+impl WaitArgs {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "name": args.name, "start": !args.stopped });
+    if let Some(v) = args.image {
+        body["image"] = json!(v);
+    }
+    if let Some(v) = args.cpus {
+        body["cpus"] = json!(v);
+    }
+    if let Some(v) = args.memory {
+        body["memory"] = json!(v);
+    }
+    if let Some(v) = args.disk {
+        body["disk"] = json!(v);
+    }
+    if let Some(v) = args.idle_timeout {
+        body["idle_timeout_minutes"] = json!(v);
+    }
+    let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;
+    if !args.wait.no_wait {
+        let goal = if args.stopped { Goal::Stopped } else { Goal::Running };
+        if let Some(done) = wait::until(client, &ws.name, goal, ws.actual_generation, args.wait.timeout()).await? {
+            ws = done;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ws)?);
+    } else if args.wait.no_wait {
+        eprintln!("{}: {} (follow it with `cove show {}`)", ws.name, ws.actual_state, ws.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    /// Every user's workspaces (admins only).
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
+    let path = if args.all { "/api/v1/workspaces?all=true" } else { "/api/v1/workspaces" };
+    let list: Vec<WorkspaceView> = client.get(path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        eprintln!("no workspaces yet; create one with `cove create NAME`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Utc::now();
+    let mut header = vec!["NAME", "STATE", "IMAGE", "CPU/MEM", "AGE"];
+    if args.all {
+        header.insert(1, "OWNER");
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|w| {
+            let mut row = vec![
+                w.name.clone(),
+                state_text(w),
+                w.image.clone(),
+                format!("{}/{}", w.cpus, format_size(w.memory_bytes)),
+                age(w.created_at, now),
+            ];
+            if args.all {
+                row.insert(1, w.owner.clone());
+            }
+            row
+        })
+        .collect();
+    println!("{}", table(&header, &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "Running", or "Stopping -> Stopped" while the two differ.
+fn state_text(w: &WorkspaceView) -> String {
+    let desired = match w.desired_state {
+        DesiredState::Running | DesiredState::RestartRequested => "Running",
+        DesiredState::Stopped => "Stopped",
+        DesiredState::Terminated => "Terminated",
+    };
+    if w.actual_state.as_str() == desired {
+        desired.to_string()
+    } else {
+        format!("{} -> {desired}", w.actual_state)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", segment(&args.name))).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&w)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Utc::now();
+    let idle = match w.idle_timeout_minutes {
+        0 => "never".to_string(),
+        m => format!("after {m} min without activity"),
+    };
+    let mut lines = vec![
+        ("name", w.name.clone()),
+        ("id", w.id.clone()),
+        ("owner", w.owner.clone()),
+        ("state", format!("{} (desired {})", w.actual_state, w.desired_state)),
+    ];
+    if let Some(m) = &w.message {
+        lines.push(("message", m.clone()));
+    }
+    lines.extend([
+        ("image", w.image.clone()),
+        ("cpus", w.cpus.to_string()),
+        ("memory", format_size(w.memory_bytes)),
+        ("disk", w.disk_bytes.map_or_else(|| "-".into(), format_size)),
+        ("idle stop", idle),
+        ("created", format!("{} ({} ago)", w.created_at.format("%Y-%m-%d %H:%M:%S UTC"), age(w.created_at, now))),
+        ("updated", format!("{} ago", age(w.updated_at, now))),
+    ]);
+    for (k, v) in lines {
+        println!("{:<10} {v}", format!("{k}:"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct StateArgs {
+    name: String,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+async fn set_desired(client: &Client, args: &StateArgs, desired: DesiredState) -> anyhow::Result<WorkspaceView> {
+    client
+        .json(
+            Method::PATCH,
+            &format!("/api/v1/workspaces/{}", segment(&args.name)),
+            Some(&json!({ "desired_state": desired })),
+        )
+        .await
+}
+
+async fn change(client: &Client, args: StateArgs, desired: DesiredState, goal: Goal) -> anyhow::Result<ExitCode> {
+    let ws = set_desired(client, &args, desired).await?;
+    if !args.wait.no_wait {
+        wait::until(client, &args.name, goal, ws.actual_generation, args.wait.timeout()).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn start(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
+    change(client, args, DesiredState::Running, Goal::Running).await
+}
+
+pub async fn stop(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
+    change(client, args, DesiredState::Stopped, Goal::Stopped).await
+}
+
+pub async fn restart(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
+    change(client, args, DesiredState::RestartRequested, Goal::Running).await
+}
+
+pub async fn rm(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
+    let ws: WorkspaceView =
+        client.json(Method::DELETE, &format!("/api/v1/workspaces/{}", segment(&args.name)), None::<&()>).await?;
+    if !args.wait.no_wait {
+        wait::until(client, &args.name, Goal::Gone, ws.actual_generation, args.wait.timeout()).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    name: String,
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long)]
+    disk: Option<String>,
+    /// Minutes without activity before it is stopped; 0 for never.
+    #[arg(long)]
+    idle_timeout: Option<u32>,
+}
+
+pub async fn set(client: &Client, args: SetArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({});
+    if let Some(v) = args.cpus {
+        body["cpus"] = json!(v);
+    }
+    if let Some(v) = args.memory {
+        body["memory"] = json!(v);
+    }
+    if let Some(v) = args.disk {
+        body["disk"] = json!(v);
+    }
+    if let Some(v) = args.idle_timeout {
+        body["idle_timeout_minutes"] = json!(v);
+    }
+    let ws: WorkspaceView =
+        client.json(Method::PATCH, &format!("/api/v1/workspaces/{}", segment(&args.name)), Some(&body)).await?;
+    eprintln!("{}: updated; a running workspace is restarted with the new resources", ws.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    name: String,
+    /// `KEY=value` to add to the command's environment.
+    #[arg(long, short)]
+    env: Vec<String>,
+    /// Directory to run in (default: the workspace home).
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let body = json!({ "cmd": args.cmd, "env": args.env, "workdir": args.workdir });
+    let response = client
+        .send(client.request(Method::POST, &format!("/api/v1/workspaces/{}/exec", segment(&args.name))).json(&body))
+        .await?;
+    let mut stream = response.bytes_stream();
+    let mut buffer: Vec<u8> = vec![];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(chunk) = stream.next().await {
+        buffer.extend_from_slice(&chunk.context("the exec stream broke off")?);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let frame: ExecFrame = serde_json::from_slice(&line).context("the server sent a malformed exec frame")?;
+            match frame {
+                ExecFrame::Stdout(data) => {
+                    out.write_all(&b64.decode(data)?)?;
+                    out.flush()?;
+                }
+                ExecFrame::Stderr(data) => {
+                    err.write_all(&b64.decode(data)?)?;
+                    err.flush()?;
+                }
+                ExecFrame::Exit(code) => return Ok(ExitCode::from(u8::try_from(code.rem_euclid(256)).unwrap_or(1))),
+                ExecFrame::Error(message) => bail!("exec in workspace {} failed: {message}", args.name),
+            }
+        }
+    }
+    bail!("the exec stream ended without an exit code")
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    name: String,
+    /// Keep printing new output.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<u64>,
+}
+
+pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/v1/workspaces/{}/logs?follow={}", segment(&args.name), args.follow);
+    if let Some(n) = args.tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    let response = client.send(client.request(Method::GET, &path)).await?;
+    let mut stream = response.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk.context("the log stream broke off")?)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Build Cove's default workspace image (Debian, offline from the package mirror),
+    /// or with --tiny a busybox image for tests.
+    Bootstrap {
+        #[arg(long)]
+        tiny: bool,
+        /// The engine's API endpoint (default: detected).
+        #[arg(long, env = "DOCKER_HOST")]
+        engine: Option<String>,
+    },
+}
+
+pub async fn image(command: ImageCommand) -> anyhow::Result<ExitCode> {
+    let ImageCommand::Bootstrap { tiny, engine } = command;
+    let engine = cove_runtime::engine::connect(&cove_runtime::engine::EngineConfig {
+        endpoint: engine,
+        state_dir: config::data_dir()?,
+    })
+    .await?;
+    if let Some(note) = &engine.note {
+        eprintln!("{note}");
+    }
+    let progress = |line: &str| eprintln!("  {line}");
+    let tag = if tiny {
+        cove_runtime::images::ensure_tiny_image(&engine.docker, progress).await?
+    } else {
+        eprintln!("building the Debian base image (debootstrap; about a minute)");
+        cove_runtime::images::bootstrap_base_image(&engine.docker, progress).await?
+    };
+    println!("{tag}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokensCommand::Create { name, expires_in_days } => {
+            let answer: Value = client
+                .json(
+                    Method::POST,
+                    "/api/v1/tokens",
+                    Some(&json!({ "name": name, "expires_in_days": expires_in_days })),
+                )
+                .await?;
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+            eprintln!("keep this token now; Cove stores only its hash");
+        }
+        TokensCommand::Ls { json } => {
+            let list: Vec<TokenView> = client.get("/api/v1/tokens").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let now = Utc::now();
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            age(t.created_at, now),
+                            t.expires_at.map_or("never".into(), |e| e.format("%Y-%m-%d").to_string()),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["ID", "NAME", "AGE", "EXPIRES"], &rows));
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            client.send(client.request(Method::DELETE, &format!("/api/v1/tokens/{}", segment(&id)))).await?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; the password is read from standard input.
+    Create {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+pub async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    let UsersCommand::Create { name, admin } = command;
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("password for {name}: "))?
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        first_line(&text)
+    };
+    let role = if admin { "admin" } else { "member" };
+    let user: UserView = client
+        .json(Method::POST, "/api/v1/users", Some(&json!({ "username": name, "password": password, "role": role })))
+        .await?;
+    eprintln!("user {} created ({})", user.name, user.role);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(client: &Client) -> anyhow::Result<ExitCode> {
+    let status: Value = client.get("/api/v1/status").await?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(ExitCode::SUCCESS)
+}

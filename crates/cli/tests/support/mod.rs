@@ -1,0 +1,250 @@
+//! A harness for end-to-end tests of the `cove` binary: a real server process on port 0
+//! with its own data dir and instance label, a logged-in CLI, and a sweep of every engine
+//! object carrying the instance label when the test ends, passed or failed.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cove_core::{Observed, WorkspaceId};
+use cove_runtime::engine::{self, EngineConfig};
+use cove_runtime::{Backend, DockerBackend};
+use serde_json::Value;
+
+pub const COVE: &str = env!("CARGO_BIN_EXE_cove");
+
+/// The engine endpoint tests use: `DOCKER_HOST`, as `scripts/test` exports it.
+pub fn podman_endpoint() -> String {
+    std::env::var("DOCKER_HOST")
+        .expect("DOCKER_HOST is not set: run the tests through `scripts/test`, which starts Podman's API service")
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A backend with the test's instance label, for looking at (and meddling with) what the
+/// server made, as a human with `podman` would.
+pub struct Engine {
+    pub backend: Arc<DockerBackend>,
+    rt: tokio::runtime::Runtime,
+    _engine: engine::Engine,
+}
+
+impl Engine {
+    pub fn new(endpoint: &str, instance: &str) -> Self {
+        let rt = rt();
+        let engine = rt
+            .block_on(engine::connect(&EngineConfig {
+                endpoint: Some(endpoint.to_string()),
+                state_dir: std::env::temp_dir(),
+            }))
+            .unwrap();
+        let backend =
+            Arc::new(DockerBackend::new(engine.docker.clone(), engine.endpoint.clone(), instance.to_string()));
+        Self { backend, rt, _engine: engine }
+    }
+
+    pub fn observe(&self) -> std::collections::HashMap<WorkspaceId, Observed> {
+        self.rt.block_on(self.backend.observe()).unwrap()
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Removes everything carrying the instance label.
+    pub fn sweep(&self) {
+        let Ok(all) = self.rt.block_on(self.backend.observe()) else { return };
+        for (id, seen) in all {
+            if seen.container.is_some() {
+                let _ = self.rt.block_on(self.backend.remove_container(id));
+            }
+            if seen.volume {
+                let _ = self.rt.block_on(self.backend.remove_volume(id));
+            }
+        }
+    }
+
+    pub fn tiny_image(endpoint: &str) -> String {
+        let out = Command::new(COVE)
+            .args(["image", "bootstrap", "--tiny", "--engine", endpoint])
+            .env("COVE_DATA_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the tiny image failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub instance: String,
+    pub endpoint: String,
+    pub image: String,
+    pub data_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub engine: Engine,
+    child: Option<Child>,
+    _dirs: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub endpoint: String,
+    /// The engine to check and sweep with, when the server's own is not up yet.
+    pub sweep_endpoint: String,
+}
+
+impl TestServer {
+    /// A server on Podman, logged in as admin.
+    pub fn start() -> Self {
+        let endpoint = podman_endpoint();
+        Self::start_with(Options { endpoint: endpoint.clone(), sweep_endpoint: endpoint })
+    }
+
+    pub fn start_with(options: Options) -> Self {
+        let dirs = tempfile::tempdir().unwrap();
+        let instance = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let image = Engine::tiny_image(&options.sweep_endpoint);
+        let engine = Engine::new(&options.sweep_endpoint, &instance);
+        let mut server = Self {
+            url: String::new(),
+            instance,
+            endpoint: options.endpoint,
+            image,
+            data_dir: dirs.path().join("data"),
+            config_dir: dirs.path().join("config"),
+            engine,
+            child: None,
+            _dirs: dirs,
+        };
+        server.spawn();
+        let password_file = server.data_dir.join("initial-admin-password");
+        server.ok(&[
+            "login",
+            &server.url.clone(),
+            "--username",
+            "admin",
+            "--password-file",
+            password_file.to_str().unwrap(),
+        ]);
+        server
+    }
+
+    /// Starts (or restarts) the server process on the same data dir.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(COVE)
+            .args(["server", "--listen", "127.0.0.1:0", "--reconcile-interval-ms", "500", "--max-backoff-ms", "2000"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--engine", &self.endpoint, "--instance", &self.instance, "--default-image", &self.image])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("the server exited before listening").unwrap();
+        let url = first.strip_prefix("cove server listening on ").expect("unexpected first line").to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn cove(&self, args: &[&str]) -> Output {
+        Command::new(COVE)
+            .args(args)
+            .env("COVE_CONFIG_DIR", &self.config_dir)
+            .env("COVE_URL", &self.url)
+            .env_remove("COVE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cove(args);
+        assert!(
+            out.status.success(),
+            "`cove {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cove(args);
+        assert!(!out.status.success(), "`cove {}` should have failed", args.join(" "));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn show(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        let text = std::fs::read_to_string(self.config_dir.join("config.toml")).unwrap();
+        let saved: toml::Value = toml::from_str(&text).unwrap();
+        saved["token"].as_str().unwrap().to_string()
+    }
+
+    /// Polls `show NAME` until `pred` holds.
+    pub fn wait_for(&self, name: &str, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        poll(what, timeout, || {
+            let out = self.cove(&["show", name, "--json"]);
+            if !out.status.success() {
+                return None;
+            }
+            let ws: Value = serde_json::from_slice(&out.stdout).ok()?;
+            pred(&ws).then_some(ws)
+        })
+    }
+
+    pub fn workspace_id(&self, name: &str) -> WorkspaceId {
+        self.show(name)["id"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        self.engine.sweep();
+    }
+}
+
+/// Calls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn state(ws: &Value) -> (&str, &str) {
+    (ws["desired_state"].as_str().unwrap_or(""), ws["actual_state"].as_str().unwrap_or(""))
+}
+
+pub fn file_exists(p: &Path) -> bool {
+    p.exists()
+}

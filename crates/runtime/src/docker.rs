@@ -1,0 +1,697 @@
+//! The Docker Engine API backend. Docker Engine and Podman's compatible socket both answer
+//! this API, so one code path serves both; where they differ (error texts, state names,
+//! API versions) the differences are absorbed here and nowhere else.
+//!
+//! Objects are found by label (`cove.instance` and `cove.workspace`), never by guessing a
+//! name: a name is only chosen at creation, so renaming the naming scheme later cannot
+//! orphan anything.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, ExecConfig, HostConfig, Mount, MountType,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use cove_core::{ContainerState, Observed, ObservedContainer, WorkspaceId};
+use futures::StreamExt;
+
+use crate::{
+    Backend, BackendError, ContainerSpec, EngineInfo, ExecEvent, ExecRequest, ExecStream, LogOptions, LogStream,
+    Result, LABEL_INSTANCE, LABEL_NAME, LABEL_OWNER, LABEL_SPEC_HASH, LABEL_WORKSPACE, WORKSPACE_HOME,
+    WORKSPACE_SCRATCH, WORKSPACE_UID,
+};
+
+/// The volume's wanted size, kept as a label: the `local` driver on overlay cannot enforce
+/// a quota, so the size is recorded for a later driver (or a report) instead of failing.
+pub const LABEL_DISK_BYTES: &str = "cove.disk-bytes";
+
+/// How long a stop waits for the workspace's processes before the engine kills them.
+const STOP_TIMEOUT_SECS: i32 = 10;
+/// Every workspace gets a process cap, so a fork bomb in one cannot starve the host.
+const PIDS_LIMIT: i64 = 4096;
+/// The scratch tmpfs counts against the container's memory; the cap keeps one runaway
+/// tool from taking all of it.
+const SCRATCH_OPTIONS: &str = "rw,nosuid,nodev,size=1g,mode=1777";
+/// Placeholder main process until the agent is injected: keeps the container alive,
+/// makes the project folder on the volume, and exits 0 on the stop signal.
+const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+/// Upper bound for an exec's exit code to show up once its output has ended.
+const EXEC_EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct DockerBackend {
+    docker: Docker,
+    endpoint: String,
+    instance: String,
+    /// Whether the client's API version has been matched to the engine's yet. Done lazily
+    /// because the server must start while the engine is down.
+    negotiated: AtomicBool,
+}
+
+impl DockerBackend {
+    /// `endpoint` is only used in messages; `instance` scopes every object this backend
+    /// makes, observes or removes.
+    pub fn new(docker: Docker, endpoint: String, instance: String) -> Self {
+        Self { docker, endpoint, instance, negotiated: AtomicBool::new(false) }
+    }
+
+    /// The client, for what the trait does not cover (building images).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn container_name(spec: &ContainerSpec) -> String {
+        format!("cove-{}-{}", spec.name, spec.workspace.short())
+    }
+
+    pub fn volume_name(spec: &ContainerSpec) -> String {
+        format!("{}-home", Self::container_name(spec))
+    }
+
+    /// The client, once its API version suits the engine.
+    async fn api(&self) -> Result<&Docker> {
+        if !self.negotiated.load(Ordering::Relaxed) {
+            negotiate(&self.docker).await.map_err(|e| self.error("ask the engine for its version", e))?;
+            self.negotiated.store(true, Ordering::Relaxed);
+        }
+        Ok(&self.docker)
+    }
+
+    fn error(&self, context: &str, err: DockerError) -> BackendError {
+        engine_error(&self.endpoint, context, err)
+    }
+
+    /// Like `error`, but a 404 means the container vanished under us.
+    fn container_error(&self, context: &str, err: DockerError) -> BackendError {
+        match status(&err) {
+            Some(404) => BackendError::NoContainer,
+            _ => self.error(context, err),
+        }
+    }
+
+    fn labels(&self, spec: &ContainerSpec) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_WORKSPACE.to_string(), spec.workspace.to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_NAME.to_string(), spec.name.to_string()),
+            (LABEL_OWNER.to_string(), spec.owner.to_string()),
+        ])
+    }
+
+    fn instance_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", self.instance)])])
+    }
+
+    fn workspace_filter(&self, id: WorkspaceId) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTANCE}={}", self.instance), format!("{LABEL_WORKSPACE}={id}")],
+        )])
+    }
+
+    /// The workspace's containers: normally one, but removal must take them all should
+    /// a human have made another with our labels.
+    async fn containers_of(&self, id: WorkspaceId) -> Result<Vec<ContainerSummary>> {
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&self.workspace_filter(id)).build();
+        let found = self
+            .api()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.error("list the workspace's containers", e))?;
+        Ok(found.into_iter().filter(|c| self.is_ours(c.labels.as_ref(), Some(id))).collect())
+    }
+
+    /// Whether an object carries this instance's label (and the workspace's, if given).
+    /// The engine's filter already asked for that, but Podman 4.3 joins several label
+    /// filters on volumes with OR, so every answer is checked here again.
+    fn is_ours(&self, labels: Option<&HashMap<String, String>>, id: Option<WorkspaceId>) -> bool {
+        let Some(labels) = labels else { return false };
+        labels.get(LABEL_INSTANCE) == Some(&self.instance)
+            && id.is_none_or(|id| workspace_label(Some(labels)) == Some(id))
+    }
+
+    /// The container to act on: the running one if there are several.
+    async fn container_of(&self, id: WorkspaceId) -> Result<ContainerSummary> {
+        let containers = self.containers_of(id).await?;
+        let running = containers.iter().position(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING)).unwrap_or(0);
+        containers.into_iter().nth(running).ok_or(BackendError::NoContainer)
+    }
+
+    /// A container holding `name` that this instance made for `id` (a leftover of a crash
+    /// between create and record), or `None` if the name belongs to someone else.
+    async fn leftover_named(&self, name: &str, id: WorkspaceId) -> Result<Option<String>> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let found = self
+            .api()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.error("look up the container holding the name", e))?;
+        // The name filter matches substrings, so the exact name is checked here.
+        Ok(found
+            .into_iter()
+            .filter(|c| c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name))
+            .find(|c| self.is_ours(c.labels.as_ref(), Some(id)))
+            .and_then(|c| c.id))
+    }
+
+    async fn remove_by_id(&self, container: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.api().await?.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Gone already, or being removed by someone else: the wanted end state either way.
+            Err(e) if status(&e) == Some(404) || is_removal_in_progress(&e) => Ok(()),
+            Err(e) => Err(self.error("remove container", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    async fn ping(&self) -> Result<EngineInfo> {
+        let version = self.api().await?.version().await.map_err(|e| self.error("ask the engine for its version", e))?;
+        let podman = version.components.iter().flatten().find(|c| c.name == "Podman Engine").map(|c| c.version.clone());
+        Ok(match podman {
+            Some(v) => EngineInfo { kind: "podman".into(), version: v, endpoint: self.endpoint.clone() },
+            None => EngineInfo {
+                kind: "docker".into(),
+                version: version.version.unwrap_or_default(),
+                endpoint: self.endpoint.clone(),
+            },
+        })
+    }
+
+    async fn observe(&self) -> Result<HashMap<WorkspaceId, Observed>> {
+        let docker = self.api().await?;
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&self.instance_filter()).build();
+        let containers = docker.list_containers(Some(options)).await.map_err(|e| self.error("list containers", e))?;
+        let options = ListVolumesOptionsBuilder::new().filters(&self.instance_filter()).build();
+        let volumes = docker.list_volumes(Some(options)).await.map_err(|e| self.error("list volumes", e))?;
+
+        let mut world: HashMap<WorkspaceId, Observed> = HashMap::new();
+        for c in containers.into_iter().filter(|c| self.is_ours(c.labels.as_ref(), None)) {
+            let Some(id) = workspace_label(c.labels.as_ref()) else {
+                continue;
+            };
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::EXITED) => {
+                    let code = match c.status.as_deref().and_then(exit_code_from_status) {
+                        Some(code) => code,
+                        None => self.inspect_exit_code(c.id.as_deref().unwrap_or_default()).await,
+                    };
+                    ContainerState::Exited { code }
+                }
+                other => container_state(other),
+            };
+            let spec_hash = c.labels.as_ref().and_then(|l| l.get(LABEL_SPEC_HASH)).cloned();
+            let entry = world.entry(id).or_default();
+            // Two containers for one workspace exist only if someone made one by hand
+            // with our labels; the running one is what the user sees, so it is reported.
+            if entry.container.as_ref().is_none_or(|old| old.state != ContainerState::Running) {
+                entry.container = Some(ObservedContainer { state, spec_hash });
+            }
+        }
+        for v in volumes.volumes.into_iter().flatten().filter(|v| self.is_ours(Some(&v.labels), None)) {
+            let Some(id) = workspace_label(Some(&v.labels)) else {
+                continue;
+            };
+            world.entry(id).or_default().volume = true;
+        }
+        Ok(world)
+    }
+
+    async fn create_volume(&self, spec: &ContainerSpec) -> Result<()> {
+        let name = Self::volume_name(spec);
+        let mut labels = self.labels(spec);
+        if let Some(bytes) = spec.resources.disk_bytes {
+            labels.insert(LABEL_DISK_BYTES.to_string(), bytes.to_string());
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            driver: Some("local".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let docker = self.api().await?;
+        match docker.create_volume(request).await {
+            Ok(_) => Ok(()),
+            // Both engines return the existing volume for a repeated create; should one
+            // refuse instead, an existing volume is still the wanted end state.
+            Err(e) if status(&e).is_some() => match docker.inspect_volume(&name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(self.error(&format!("create volume {name}"), e)),
+            },
+            Err(e) => Err(self.error(&format!("create volume {name}"), e)),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
+        // The engine would make a missing named volume itself, but without our labels,
+        // and observe() would never see it; so it is made here first, labelled.
+        self.create_volume(spec).await?;
+        let name = Self::container_name(spec);
+        let mut labels = self.labels(spec);
+        labels.insert(LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone());
+        let user = format!("{WORKSPACE_UID}:{WORKSPACE_UID}");
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: Some(user),
+            env: Some(vec![format!("HOME={WORKSPACE_HOME}"), "USER=cove".into()]),
+            working_dir: Some(WORKSPACE_HOME.into()),
+            hostname: Some(spec.name.to_string()),
+            cmd: Some(vec!["/bin/sh".into(), "-c".into(), IDLE_COMMAND.into()]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                // Without an init the idle shell ignores SIGTERM as PID 1 and every stop
+                // would take the whole timeout; with it, zombies are reaped too.
+                init: Some(true),
+                nano_cpus: Some(i64::from(spec.resources.cpus_milli) * 1_000_000),
+                memory: Some(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX)),
+                pids_limit: Some(PIDS_LIMIT),
+                privileged: Some(false),
+                mounts: Some(vec![Mount {
+                    target: Some(WORKSPACE_HOME.into()),
+                    source: Some(Self::volume_name(spec)),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                tmpfs: Some(HashMap::from([(WORKSPACE_SCRATCH.to_string(), SCRATCH_OPTIONS.to_string())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let context = format!("create container {name}");
+        let docker = self.api().await?;
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let first = match docker.create_container(Some(options.clone()), body.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if status(&first) == Some(404) {
+            return Err(BackendError::ImageNotFound(spec.image.clone()));
+        }
+        if !is_name_conflict(&first) {
+            return Err(self.error(&context, first));
+        }
+        // A container of ours from an earlier attempt (a crash before it was recorded)
+        // holds the name; it is replaced. Anyone else's container is left alone.
+        let Some(leftover) = self.leftover_named(&name, spec.workspace).await? else {
+            return Err(BackendError::Engine(format!(
+                "{context}: the name is taken by a container Cove did not make; remove or rename it"
+            )));
+        };
+        tracing::info!(container = %name, "replacing a leftover container of this workspace");
+        self.remove_by_id(&leftover).await?;
+        match docker.create_container(Some(options), body).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(BackendError::ImageNotFound(spec.image.clone())),
+            Err(e) => Err(self.error(&context, e)),
+        }
+    }
+
+    async fn start_container(&self, id: WorkspaceId) -> Result<()> {
+        let container = self.container_of(id).await?;
+        let cid = container.id.unwrap_or_default();
+        // A 304 (already running) counts as success in bollard.
+        self.api().await?.start_container(&cid, None).await.map_err(|e| self.container_error("start container", e))
+    }
+
+    async fn unpause_container(&self, id: WorkspaceId) -> Result<()> {
+        let container = self.container_of(id).await?;
+        if container.state != Some(ContainerSummaryStateEnum::PAUSED) {
+            return Ok(());
+        }
+        let cid = container.id.unwrap_or_default();
+        self.api().await?.unpause_container(&cid).await.map_err(|e| self.container_error("unpause container", e))
+    }
+
+    async fn stop_container(&self, id: WorkspaceId) -> Result<()> {
+        let container = self.container_of(id).await?;
+        let cid = container.id.unwrap_or_default();
+        let options = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT_SECS).build();
+        // Both engines answer only once the container has exited (304 if it already had).
+        self.api()
+            .await?
+            .stop_container(&cid, Some(options))
+            .await
+            .map_err(|e| self.container_error("stop container", e))
+    }
+
+    async fn remove_container(&self, id: WorkspaceId) -> Result<()> {
+        for c in self.containers_of(id).await? {
+            if let Some(cid) = c.id {
+                self.remove_by_id(&cid).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_volume(&self, id: WorkspaceId) -> Result<()> {
+        let docker = self.api().await?;
+        let options = ListVolumesOptionsBuilder::new().filters(&self.workspace_filter(id)).build();
+        let volumes = docker.list_volumes(Some(options)).await.map_err(|e| self.error("list volumes", e))?;
+        for v in volumes.volumes.into_iter().flatten().filter(|v| self.is_ours(Some(&v.labels), Some(id))) {
+            let options = RemoveVolumeOptionsBuilder::new().force(false).build();
+            match docker.remove_volume(&v.name, Some(options)).await {
+                Ok(()) => {}
+                Err(e) if status(&e) == Some(404) => {}
+                Err(e) => return Err(self.error(&format!("remove volume {}", v.name), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, id: WorkspaceId, request: ExecRequest) -> Result<ExecStream> {
+        let container = self.container_of(id).await?;
+        if container.state != Some(ContainerSummaryStateEnum::RUNNING) {
+            return Err(BackendError::NotRunning);
+        }
+        let cid = container.id.unwrap_or_default();
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            tty: Some(false),
+            cmd: Some(request.cmd),
+            env: Some(request.env),
+            user: Some(request.user.unwrap_or_else(|| format!("{WORKSPACE_UID}:{WORKSPACE_UID}"))),
+            working_dir: Some(request.workdir.unwrap_or_else(|| WORKSPACE_HOME.into())),
+            ..Default::default()
+        };
+        let docker = self.api().await?.clone();
+        let created = docker.create_exec(&cid, config).await.map_err(|e| match status(&e) {
+            // The container stopped between the look-up and the exec.
+            Some(409) => BackendError::NotRunning,
+            _ if is_not_running(&e) => BackendError::NotRunning,
+            _ => self.container_error("create exec", e),
+        })?;
+        let options = StartExecOptions { detach: false, tty: false, output_capacity: None };
+        let started =
+            docker.start_exec(&created.id, Some(options)).await.map_err(|e| self.container_error("start exec", e))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::Engine("start exec: the engine detached the exec".into()));
+        };
+        // Nothing is written to stdin; dropping the writer leaves the connection open.
+        drop(input);
+        let endpoint = self.endpoint.clone();
+        let output_endpoint = endpoint.clone();
+        let events = output.map(move |item| match item {
+            Ok(LogOutput::StdErr { message }) => Ok(ExecEvent::Stderr(message)),
+            Ok(other) => Ok(ExecEvent::Stdout(other.into_bytes())),
+            Err(e) => Err(engine_error(&output_endpoint, "read exec output", e)),
+        });
+        let exec_id = created.id;
+        let exit = futures::stream::once(async move {
+            exec_exit_code(&docker, &exec_id).await.map(ExecEvent::Exit).map_err(|e| match e {
+                ExitError::Docker(e) => engine_error(&endpoint, "inspect exec", e),
+                ExitError::Timeout => {
+                    BackendError::Engine("the exec's output ended but the engine reported no exit code in time".into())
+                }
+            })
+        });
+        Ok(events.chain(exit).boxed())
+    }
+
+    async fn logs(&self, id: WorkspaceId, options: LogOptions) -> Result<LogStream> {
+        let container = self.container_of(id).await?;
+        let cid = container.id.unwrap_or_default();
+        let tail = options.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let query = LogsOptionsBuilder::new().stdout(true).stderr(true).follow(options.follow).tail(&tail).build();
+        let endpoint = self.endpoint.clone();
+        let stream = self.api().await?.logs(&cid, Some(query)).map(move |item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(match status(&e) {
+                Some(404) => BackendError::NoContainer,
+                _ => engine_error(&endpoint, "read logs", e),
+            }),
+        });
+        Ok(stream.boxed())
+    }
+}
+
+impl DockerBackend {
+    /// The list's status text had no exit code; ask the container itself. Failing that,
+    /// -1 keeps observe() going: the code only feeds a message.
+    async fn inspect_exit_code(&self, container: &str) -> i64 {
+        match self.docker.inspect_container(container, None).await {
+            Ok(inspect) => inspect.state.and_then(|s| s.exit_code).unwrap_or(-1),
+            Err(e) => {
+                tracing::warn!(container, error = %e, "cannot read the exit code of a container");
+                -1
+            }
+        }
+    }
+}
+
+enum ExitError {
+    Docker(DockerError),
+    Timeout,
+}
+
+/// The engine records an exec's exit code a moment after its output ends (Podman in
+/// particular), so the code is polled for with a deadline.
+async fn exec_exit_code(docker: &Docker, exec_id: &str) -> Result<i64, ExitError> {
+    let deadline = tokio::time::Instant::now() + EXEC_EXIT_DEADLINE;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let inspect = docker.inspect_exec(exec_id).await.map_err(ExitError::Docker)?;
+        if inspect.running != Some(true) {
+            if let Some(code) = inspect.exit_code {
+                return Ok(code);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ExitError::Timeout);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Matches the client's API version to the engine's. The handle's version is shared by
+/// all its clones, so doing it once on any clone serves them all. Only a failure to reach
+/// the engine is an error: an engine that cannot say its version is spoken to as is.
+pub(crate) async fn negotiate(docker: &Docker) -> Result<(), DockerError> {
+    match docker.clone().negotiate_version().await {
+        Ok(_) => Ok(()),
+        Err(e) if is_unreachable(&e) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot negotiate the engine's API version; using the client's");
+            Ok(())
+        }
+    }
+}
+
+fn workspace_label(labels: Option<&HashMap<String, String>>) -> Option<WorkspaceId> {
+    labels?.get(LABEL_WORKSPACE)?.parse().ok()
+}
+
+/// Maps the engine's state names. `Exited` is handled by the caller, which has the code.
+/// Podman's compatible API already reports its own states in Docker's words (configured
+/// and initialized as created, stopped as exited), so one table serves both engines.
+fn container_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
+    use ContainerSummaryStateEnum as S;
+    match state {
+        Some(S::CREATED) => ContainerState::Created,
+        Some(S::RUNNING) => ContainerState::Running,
+        Some(S::PAUSED) => ContainerState::Paused,
+        Some(S::RESTARTING) => ContainerState::Restarting,
+        // Still running until the stop finishes; a stop request for it is harmless.
+        Some(S::STOPPING) => ContainerState::Running,
+        Some(S::REMOVING) => ContainerState::Removing,
+        Some(S::EXITED) => ContainerState::Exited { code: -1 },
+        // Dead, empty or missing: nothing usable; the reconciler replaces it.
+        Some(S::DEAD | S::EMPTY) | None => ContainerState::Dead,
+    }
+}
+
+/// `Exited (137) 5 seconds ago` (Docker) or `Exited (0) Less than a second ago` (Podman).
+fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.trim().strip_prefix("Exited (")?;
+    let (code, _) = rest.split_once(')')?;
+    code.trim().parse().ok()
+}
+
+fn status(err: &DockerError) -> Option<u16> {
+    match err {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn server_message(err: &DockerError) -> &str {
+    match err {
+        DockerError::DockerResponseServerError { message, .. } => message,
+        _ => "",
+    }
+}
+
+/// Docker answers 409 "Conflict. The container name ... is already in use"; Podman 4.3
+/// answers 500 "... that name is already in use".
+fn is_name_conflict(err: &DockerError) -> bool {
+    let message = server_message(err).to_ascii_lowercase();
+    matches!(status(err), Some(409 | 500)) && message.contains("already in use")
+}
+
+fn is_removal_in_progress(err: &DockerError) -> bool {
+    matches!(status(err), Some(409)) && server_message(err).contains("already in progress")
+}
+
+fn is_not_running(err: &DockerError) -> bool {
+    let message = server_message(err).to_ascii_lowercase();
+    message.contains("not running") || message.contains("state improper")
+}
+
+/// Whether the error says the engine could not be talked to at all, as opposed to an
+/// engine that answered with a refusal.
+pub(crate) fn is_unreachable(err: &DockerError) -> bool {
+    match err {
+        DockerError::SocketNotFoundError(_)
+        | DockerError::RequestTimeoutError
+        | DockerError::UnsupportedURISchemeError { .. } => true,
+        DockerError::HyperLegacyError { err } => err.is_connect() || io_error(err).is_some(),
+        DockerError::HyperResponseError { err } => err.is_closed() || err.is_incomplete_message(),
+        DockerError::IOError { err } => matches!(
+            err.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::PermissionDenied
+        ),
+        _ => false,
+    }
+}
+
+/// The innermost I/O error behind an error, which says why a connection failed.
+fn io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut found = None;
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            found = Some(io);
+        }
+        current = e.source();
+    }
+    found
+}
+
+fn unreachable_message(err: &DockerError) -> String {
+    if let DockerError::SocketNotFoundError(path) = err {
+        return format!("the socket {path} does not exist; start the engine or its API service");
+    }
+    if let DockerError::RequestTimeoutError = err {
+        return "the engine did not answer in time".into();
+    }
+    match io_error(err).map(|e| e.kind()) {
+        Some(std::io::ErrorKind::NotFound) => "the socket does not exist; start the engine or its API service".into(),
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            "connection refused; is the engine (or `podman system service`) running?".into()
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => {
+            "permission denied on the socket; run as a user allowed to use the engine".into()
+        }
+        Some(_) | None => {
+            // The innermost cause is the informative part; the outer layers only repeat it.
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                message = s.to_string();
+                source = s.source();
+            }
+            message
+        }
+    }
+}
+
+/// Turns a client error into the backend's: unreachable engines apart from refusals, and
+/// the engine's own message rather than the client's Debug output.
+pub(crate) fn engine_error(endpoint: &str, context: &str, err: DockerError) -> BackendError {
+    if is_unreachable(&err) {
+        return BackendError::Unreachable { endpoint: endpoint.to_string(), message: unreachable_message(&err) };
+    }
+    let detail = match &err {
+        DockerError::DockerResponseServerError { status_code, message } if message.is_empty() => {
+            format!("the engine answered {status_code}")
+        }
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        DockerError::JsonDataError { message, .. } => {
+            format!("unexpected answer from the engine ({message})")
+        }
+        other => other.to_string(),
+    };
+    BackendError::Engine(format!("{context}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_from_status() {
+        let check = |s: &str, expected: Option<i64>| assert_eq!(exit_code_from_status(s), expected, "{s:?}");
+        check("Exited (0) 5 seconds ago", Some(0));
+        check("Exited (137) About a minute ago", Some(137));
+        check("Exited (143) Less than a second ago", Some(143));
+        check("Exited (-1) 2 hours ago", Some(-1));
+        check("Up 3 minutes", None);
+        check("Exited", None);
+        check("Exited (x) now", None);
+    }
+
+    #[test]
+    fn states() {
+        use ContainerSummaryStateEnum as S;
+        let check = |s: Option<S>, expected: ContainerState| assert_eq!(container_state(s), expected, "{s:?}");
+        check(Some(S::CREATED), ContainerState::Created);
+        check(Some(S::RUNNING), ContainerState::Running);
+        check(Some(S::PAUSED), ContainerState::Paused);
+        check(Some(S::RESTARTING), ContainerState::Restarting);
+        check(Some(S::STOPPING), ContainerState::Running);
+        check(Some(S::REMOVING), ContainerState::Removing);
+        check(Some(S::DEAD), ContainerState::Dead);
+        check(Some(S::EMPTY), ContainerState::Dead);
+        check(None, ContainerState::Dead);
+    }
+
+    fn server(status_code: u16, message: &str) -> DockerError {
+        DockerError::DockerResponseServerError { status_code, message: message.into() }
+    }
+
+    #[test]
+    fn name_conflicts() {
+        // Podman 4.3, as seen on its socket.
+        assert!(is_name_conflict(&server(500, "container create: creating container storage: the container name \"cove-a\" is already in use by e108. You have to remove that container to be able to reuse that name: that name is already in use")));
+        // Docker Engine.
+        assert!(is_name_conflict(&server(409, "Conflict. The container name \"/cove-a\" is already in use by container \"e108\". You have to remove (or rename) that container to be able to reuse that name.")));
+        assert!(!is_name_conflict(&server(500, "no space left on device")));
+        assert!(!is_name_conflict(&server(404, "no such image")));
+    }
+
+    #[test]
+    fn error_mapping() {
+        let e = engine_error("unix:///x", "start container", server(500, "boom"));
+        assert_eq!(e.to_string(), "start container: boom");
+        let e = engine_error("unix:///x", "start container", server(500, ""));
+        assert_eq!(e.to_string(), "start container: the engine answered 500");
+        let e = engine_error("unix:///x", "list", DockerError::SocketNotFoundError("/x".into()));
+        assert!(matches!(e, BackendError::Unreachable { ref endpoint, .. } if endpoint == "unix:///x"), "{e:?}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = engine_error("unix:///x", "list", DockerError::IOError { err: refused });
+        assert!(matches!(e, BackendError::Unreachable { ref message, .. } if message.contains("refused")), "{e:?}");
+    }
+}

@@ -1,0 +1,322 @@
+//! `/api/v1`: parse, authorize, call the application layer, shape the answer.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use cove_core::{hash_token, Name, Role};
+use cove_runtime::{ExecEvent, ExecRequest, LogOptions};
+use cove_store::{NewToken, NewUser};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, Caller};
+use crate::error::ApiError;
+use crate::views::*;
+use crate::{openapi, workspaces, AppState};
+
+/// Large enough for any request this API takes; anything bigger is a mistake or an attack.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_EXEC_ARGS_BYTES: usize = 32 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi_doc))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/users", post(create_user))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(delete_token))
+        .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))
+        .route("/api/v1/workspaces/{ws}", get(get_workspace).patch(patch_workspace).delete(delete_workspace))
+        .route("/api/v1/workspaces/{ws}/exec", post(exec))
+        .route("/api/v1/workspaces/{ws}/logs", get(logs))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `Json` whose rejections speak the API's error format.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::InvalidRequest("send the body as JSON with Content-Type: application/json".into())
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::InvalidRequest(format!("the body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(e.body_text()),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(format!("request body is larger than {MAX_BODY_BYTES} bytes"))
+        }
+        other => ApiError::InvalidRequest(other.body_text()),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| ApiError::InvalidRequest(e.body_text()))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no API route {method} {}", uri.path()))
+}
+
+async fn no_method(method: Method, uri: Uri) -> Response {
+    let mut response = ApiError::InvalidRequest(format!("{} does not accept {method}", uri.path())).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn openapi_doc() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let invalid = || ApiError::Unauthenticated("invalid username or password".into());
+    let found = match Name::parse(&body.username) {
+        Ok(name) => state.store.user_get_by_name_with_password(&name).await?,
+        Err(_) => None,
+    };
+    let stored = found.as_ref().map(|(_, hash)| hash.clone());
+    let password = body.password;
+    // argon2 is deliberately slow; keep it off the async workers.
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal("password check", e))?;
+    let Some((user, _)) = found.filter(|_| ok) else {
+        return Err(invalid());
+    };
+    let token_name = body.token_name.unwrap_or_else(|| "cli".into());
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name).await?;
+    tracing::info!(user = %user.name, token = %token.id, "logged in");
+    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "user": UserView::from(&user) }))))
+}
+
+async fn me(Caller(user): Caller) -> Json<UserView> {
+    Json(UserView::from(&user))
+}
+
+async fn status(State(state): State<AppState>, _caller: Caller) -> Json<serde_json::Value> {
+    let engine = match state.backend.ping().await {
+        Ok(info) => json!(info),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    Json(json!({ "instance": state.instance, "engine": engine, "reconciler": state.reconciler.status() }))
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_admin()?;
+    let name = Name::parse(&body.username).map_err(|e| ApiError::InvalidRequest(format!("invalid username: {e}")))?;
+    if body.password.chars().count() < 12 {
+        return Err(ApiError::InvalidRequest("password must be at least 12 characters".into()));
+    }
+    let password = body.password;
+    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal("password hash", e))??;
+    let user =
+        state.store.user_create(NewUser { name, role: body.role.unwrap_or(Role::Member), password_hash }).await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+async fn list_tokens(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let tokens = state.store.token_list_by_user(user.id).await?;
+    Ok(Json(tokens.iter().map(TokenView::from).collect()))
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 64 {
+        return Err(ApiError::InvalidRequest("token name must be 1-64 characters".into()));
+    }
+    let expires_at = match body.expires_in_days {
+        Some(0) => return Err(ApiError::InvalidRequest("expires_in_days must be at least 1".into())),
+        Some(days) => Some(Utc::now() + Duration::days(i64::from(days.min(3650)))),
+        None => None,
+    };
+    let secret = auth::new_token_secret();
+    let token = state
+        .store
+        .token_create(NewToken { user: user.id, name: name.to_string(), token_hash: hash_token(&secret), expires_at })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
+}
+
+async fn delete_token(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("token {id} not found; list yours with `cove tokens ls`"));
+    let token_id = id.parse().map_err(|_| not_found())?;
+    match state.store.token_delete(user.id, token_id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(cove_store::StoreError::NotFound) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_workspaces(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
+    let q = query(q)?;
+    let list = if q.all {
+        caller.require_admin()?;
+        state.store.workspace_list_all().await?
+    } else {
+        state.store.workspace_list_by_owner(caller.0.id).await?
+    };
+    Ok(Json(list.iter().map(WorkspaceView::from).collect()))
+}
+
+async fn create_workspace(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    ApiJson(body): ApiJson<CreateWorkspace>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ws = workspaces::create(&state, &user, body).await?;
+    Ok((StatusCode::CREATED, Json(WorkspaceView::from(&ws))))
+}
+
+async fn get_workspace(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    Ok(Json(WorkspaceView::from(&ws)))
+}
+
+async fn patch_workspace(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<PatchWorkspace>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let ws = workspaces::patch(&state, ws, body).await?;
+    Ok(Json(WorkspaceView::from(&ws)))
+}
+
+async fn delete_workspace(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let ws = workspaces::delete(&state, ws).await?;
+    Ok((StatusCode::ACCEPTED, Json(WorkspaceView::from(&ws))))
+}
+
+async fn exec(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<ExecBody>,
+) -> Result<Response, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    if body.cmd.is_empty() {
+        return Err(ApiError::InvalidRequest("cmd must name a program to run".into()));
+    }
+    let arg_bytes: usize = body.cmd.iter().chain(&body.env).map(String::len).sum();
+    if arg_bytes > MAX_EXEC_ARGS_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!("command and environment exceed {MAX_EXEC_ARGS_BYTES} bytes")));
+    }
+    if let Some(bad) = body.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        return Err(ApiError::InvalidRequest(format!("env entry {bad:?} must look like KEY=value")));
+    }
+    let request = ExecRequest { cmd: body.cmd, env: body.env, workdir: body.workdir, user: None };
+    let events = state.backend.exec(ws.id, request).await.map_err(|e| workspaces::backend_error(&ws, e))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let lines = events.map(move |event| {
+        let frame = match event {
+            Ok(ExecEvent::Stdout(b)) => ExecFrame::Stdout(b64.encode(b)),
+            Ok(ExecEvent::Stderr(b)) => ExecFrame::Stderr(b64.encode(b)),
+            Ok(ExecEvent::Exit(code)) => ExecFrame::Exit(code),
+            Err(e) => ExecFrame::Error(e.to_string()),
+        };
+        let mut line = serde_json::to_vec(&frame).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let stream = state
+        .backend
+        .logs(ws.id, LogOptions { follow: q.follow, tail: q.tail })
+        .await
+        .map_err(|e| workspaces::backend_error(&ws, e))?;
+    // A broken stream ends the response; the client sees it end early.
+    let body = stream
+        .take_while(|r| futures::future::ready(r.is_ok()))
+        .filter_map(|r| async { r.ok().map(Ok::<_, Infallible>) });
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response())
+}

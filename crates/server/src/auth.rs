@@ -1,0 +1,152 @@
+//! Who is calling: passwords (argon2id), API tokens (random, stored as SHA-256), and the
+//! admin account made on first start.
+
+use std::path::Path;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::Utc;
+use cove_core::{hash_token, Name, Role, User};
+use cove_store::{NewToken, NewUser, Store};
+use rand::distr::{Alphanumeric, SampleString};
+use rand::RngCore;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub const TOKEN_PREFIX: &str = "cove_";
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// A new API token secret: 256 random bits, hex, with a recognisable prefix so that
+/// secret scanners can find leaked ones.
+pub fn new_token_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::encode_b64(&rand_salt()).map_err(|e| ApiError::internal("salt", e))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal("password hash", e))
+}
+
+fn rand_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    salt
+}
+
+/// Constant-time by construction: argon2's verifier compares digests, and an unknown
+/// user is checked against a dummy hash so both paths cost the same.
+pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9cVnYHbP2AxuUUd7hSgK1uNd7J4PzXHZa3MzAcdNoi4";
+    let hash = stored.unwrap_or(DUMMY);
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && stored.is_some()
+}
+
+/// On a fresh data directory: makes the `admin` account with a random password, written
+/// to a 0600 file (as Jenkins does) rather than to the log.
+pub async fn ensure_admin(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if store.user_count().await? > 0 {
+        return Ok(None);
+    }
+    let password = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let name = Name::parse("admin")?;
+    store.user_create(NewUser { name, role: Role::Admin, password_hash: hash }).await?;
+    let path = data_dir.join(INITIAL_PASSWORD_FILE);
+    write_private(&path, &format!("{password}\n"))?;
+    Ok(Some(path))
+}
+
+/// Writes a file only its owner can read, created that way (no window where it is 0644).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+pub async fn issue_token(
+    store: &dyn Store,
+    user: &User,
+    name: &str,
+) -> Result<(String, cove_core::ApiToken), ApiError> {
+    let secret = new_token_secret();
+    let token = store
+        .token_create(NewToken {
+            user: user.id,
+            name: name.to_string(),
+            token_hash: hash_token(&secret),
+            expires_at: None,
+        })
+        .await?;
+    Ok((secret, token))
+}
+
+/// The authenticated caller of an API route.
+pub struct Caller(pub User);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header =
+            parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "missing API token; log in with `cove login` or send Authorization: Bearer <token>".into(),
+                )
+            })?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
+        match state.store.token_authenticate(&hash_token(secret), Utc::now()).await? {
+            Some((_, user)) => Ok(Caller(user)),
+            None => {
+                Err(ApiError::Unauthenticated("invalid or expired API token; log in again with `cove login`".into()))
+            }
+        }
+    }
+}
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::Admin => Ok(()),
+            Role::Member => Err(ApiError::Forbidden("only admins may do this".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", Some(&hash)));
+        assert!(!verify_password("wrong horse", Some(&hash)));
+        assert!(!verify_password("correct horse", None));
+        assert!(!verify_password("correct horse", Some("not a hash")));
+    }
+
+    #[test]
+    fn token_secrets_are_distinct_and_prefixed() {
+        let (a, b) = (new_token_secret(), new_token_secret());
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+    }
+}

@@ -1,0 +1,115 @@
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`. Written by hand next to
+//! `ROUTES`; a test checks that every route here is served and every served route is here.
+
+use serde_json::{json, Value};
+
+/// Every API route as (method, path template).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/health"),
+    ("get", "/api/v1/openapi.json"),
+    ("post", "/api/v1/auth/login"),
+    ("get", "/api/v1/me"),
+    ("get", "/api/v1/status"),
+    ("post", "/api/v1/users"),
+    ("get", "/api/v1/tokens"),
+    ("post", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
+    ("get", "/api/v1/workspaces"),
+    ("post", "/api/v1/workspaces"),
+    ("get", "/api/v1/workspaces/{ws}"),
+    ("patch", "/api/v1/workspaces/{ws}"),
+    ("delete", "/api/v1/workspaces/{ws}"),
+    ("post", "/api/v1/workspaces/{ws}/exec"),
+    ("get", "/api/v1/workspaces/{ws}/logs"),
+];
+
+fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'static str) {
+    // (summary, request schema, response description)
+    match (method, path) {
+        ("get", "/api/v1/health") => ("Liveness; needs no token", None, "ok"),
+        ("get", "/api/v1/openapi.json") => ("This document", None, "the document"),
+        ("post", "/api/v1/auth/login") => {
+            ("Trade a username and password for a new API token", Some("Login"), "a token")
+        }
+        ("get", "/api/v1/me") => ("The calling user", None, "a user"),
+        ("get", "/api/v1/status") => ("Instance, engine and reconciler status", None, "status"),
+        ("post", "/api/v1/users") => ("Create a user (admins only)", Some("CreateUser"), "the user"),
+        ("get", "/api/v1/tokens") => ("The caller's API tokens (never their secrets)", None, "tokens"),
+        ("post", "/api/v1/tokens") => {
+            ("Create an API token; the secret is shown once", Some("CreateToken"), "the token")
+        }
+        ("delete", "/api/v1/tokens/{id}") => ("Revoke an API token", None, "revoked"),
+        ("get", "/api/v1/workspaces") => ("The caller's workspaces; `?all=true` for admins", None, "workspaces"),
+        ("post", "/api/v1/workspaces") => {
+            ("Create a workspace", Some("CreateWorkspace"), "the workspace, actual state CreationRequested")
+        }
+        ("get", "/api/v1/workspaces/{ws}") => ("One workspace, by name or id", None, "the workspace"),
+        ("patch", "/api/v1/workspaces/{ws}") => {
+            ("Change desired state, resources or idle timeout", Some("PatchWorkspace"), "the workspace")
+        }
+        ("delete", "/api/v1/workspaces/{ws}") => {
+            ("Delete a workspace, its container and its volume", None, "desired state Terminated")
+        }
+        ("post", "/api/v1/workspaces/{ws}/exec") => (
+            "Run a command; newline-delimited JSON frames stdout/stderr (base64), then exit",
+            Some("Exec"),
+            "a stream of frames",
+        ),
+        ("get", "/api/v1/workspaces/{ws}/logs") => ("The container's output; `?follow=true&tail=N`", None, "text"),
+        _ => ("", None, ""),
+    }
+}
+
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path) in ROUTES {
+        let (summary, request, response) = summary(method, path);
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "2XX": { "description": response },
+                "4XX": { "description": "a client error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "5XX": { "description": "a server or engine error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            },
+        });
+        if path.contains("{ws}") {
+            op["parameters"] = json!([{ "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } }]);
+        } else if path.contains("{id}") {
+            op["parameters"] =
+                json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
+        }
+        if let Some(schema) = request {
+            op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
+        }
+        if *path != "/api/v1/health" && *path != "/api/v1/openapi.json" && *path != "/api/v1/auth/login" {
+            op["security"] = json!([{ "bearer": [] }]);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    let size =
+        json!({ "oneOf": [{ "type": "integer", "description": "bytes" }, { "type": "string", "example": "2g" }] });
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Cove API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
+                "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" }, "token_name": { "type": "string" } } },
+                "CreateUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 12 }, "role": { "enum": ["admin", "member"] } } },
+                "CreateToken": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "expires_in_days": { "type": "integer", "minimum": 1 } } },
+                "CreateWorkspace": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": { "type": "string", "pattern": "^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$" },
+                    "image": { "type": "string" }, "cpus": { "type": "number", "minimum": 0.1, "maximum": 64 },
+                    "memory": size, "disk": size,
+                    "idle_timeout_minutes": { "type": "integer", "minimum": 0 }, "start": { "type": "boolean" } } },
+                "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
+                    "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
+                    "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_minutes": { "type": "integer" } } },
+                "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },
+            }
+        }
+    })
+}

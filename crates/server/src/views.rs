@@ -1,0 +1,156 @@
+//! The JSON shapes of the API, kept apart from the domain types so that either can change
+//! without silently changing the other.
+
+use chrono::{DateTime, Utc};
+use cove_core::{ActualState, ApiToken, DesiredState, Role, User, Workspace};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub image: String,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub disk_bytes: Option<u64>,
+    pub idle_timeout_minutes: u32,
+    pub desired_state: DesiredState,
+    pub actual_state: ActualState,
+    pub message: Option<String>,
+    pub generation: i64,
+    pub actual_generation: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Workspace> for WorkspaceView {
+    fn from(w: &Workspace) -> Self {
+        Self {
+            id: w.id.to_string(),
+            name: w.name.to_string(),
+            owner: w.owner_name.to_string(),
+            image: w.spec.image.clone(),
+            cpus: w.spec.resources.cpus(),
+            memory_bytes: w.spec.resources.memory_bytes,
+            disk_bytes: w.spec.resources.disk_bytes,
+            idle_timeout_minutes: w.idle_timeout_minutes,
+            desired_state: w.desired,
+            actual_state: w.actual,
+            message: w.message.clone(),
+            generation: w.generation,
+            actual_generation: w.actual_generation,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self { id: u.id.to_string(), name: u.name.to_string(), role: u.role, created_at: u.created_at }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiToken> for TokenView {
+    fn from(t: &ApiToken) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+        }
+    }
+}
+
+/// A size given either as bytes or as text such as "2g".
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub name: String,
+    pub image: Option<String>,
+    pub cpus: Option<f64>,
+    pub memory: Option<Size>,
+    pub disk: Option<Size>,
+    pub idle_timeout_minutes: Option<u32>,
+    /// Create it stopped when false (default true).
+    pub start: Option<bool>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PatchWorkspace {
+    pub desired_state: Option<DesiredState>,
+    pub cpus: Option<f64>,
+    pub memory: Option<Size>,
+    pub disk: Option<Size>,
+    pub idle_timeout_minutes: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+/// One line of an exec's newline-delimited JSON output. Output bytes are base64 so that
+/// binary output survives.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecFrame {
+    Stdout(String),
+    Stderr(String),
+    Exit(i64),
+    Error(String),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub username: String,
+    pub password: String,
+    pub token_name: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    pub role: Option<Role>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub expires_in_days: Option<u32>,
+}

@@ -1,0 +1,131 @@
+//! The workspace operations behind the API: validate, authorize, write the wish to the
+//! store, poke the reconciler. Handlers call these; nothing here knows HTTP.
+
+use cove_core::workspace::validate_image;
+use cove_core::{
+    parse_size, DesiredState, Name, Resources, Role, User, Workspace, WorkspaceId, DEFAULT_IDLE_TIMEOUT_MINUTES,
+};
+use cove_runtime::BackendError;
+use cove_store::{NewWorkspace, StoreError, WorkspacePatch};
+
+use crate::error::ApiError;
+use crate::views::{CreateWorkspace, PatchWorkspace, Size};
+use crate::AppState;
+
+pub const MAX_IDLE_TIMEOUT_MINUTES: u32 = 7 * 24 * 60;
+
+/// Finds a workspace by the caller's name for it, or by id. Another user's workspace is
+/// "not found" (not "forbidden") unless the caller is an admin: ids must not leak.
+pub async fn resolve(state: &AppState, caller: &User, key: &str) -> Result<Workspace, ApiError> {
+    let not_found = || ApiError::NotFound(format!("workspace {key} not found; list yours with `cove ls`"));
+    let found = if let Ok(id) = key.parse::<WorkspaceId>() {
+        state.store.workspace_get(id).await
+    } else {
+        let name = Name::parse(key).map_err(|_| not_found())?;
+        state.store.workspace_get_by_name(caller.id, &name).await
+    };
+    match found {
+        Ok(ws) if ws.owner == caller.id || caller.role == Role::Admin => Ok(ws),
+        Ok(_) | Err(StoreError::NotFound) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Result<Workspace, ApiError> {
+    let name = Name::parse(&req.name).map_err(|e| ApiError::InvalidRequest(format!("invalid workspace name: {e}")))?;
+    let image = req.image.unwrap_or_else(|| state.config.default_image.clone());
+    validate_image(&image).map_err(ApiError::InvalidRequest)?;
+    let defaults = Resources::default();
+    let resources = resources(
+        req.cpus.unwrap_or(defaults.cpus()),
+        req.memory.map_or(Ok(defaults.memory_bytes), size)?,
+        req.disk.map(size).transpose()?,
+    )?;
+    let idle_timeout_minutes = idle_timeout(req.idle_timeout_minutes.unwrap_or(DEFAULT_IDLE_TIMEOUT_MINUTES))?;
+    let desired = if req.start.unwrap_or(true) { DesiredState::Running } else { DesiredState::Stopped };
+    let ws = state
+        .store
+        .workspace_create(NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_minutes, desired })
+        .await?;
+    tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace created");
+    state.reconciler.poke();
+    Ok(ws)
+}
+
+pub async fn patch(state: &AppState, ws: Workspace, req: PatchWorkspace) -> Result<Workspace, ApiError> {
+    if ws.desired == DesiredState::Terminated {
+        return Err(ApiError::Conflict(format!("workspace {} is being deleted", ws.name)));
+    }
+    if req.desired_state == Some(DesiredState::Terminated) {
+        return Err(ApiError::InvalidRequest(
+            "desired_state Terminated is set by deleting the workspace (DELETE, or `cove rm`)".into(),
+        ));
+    }
+    let resources_changed = req.cpus.is_some() || req.memory.is_some() || req.disk.is_some();
+    let resources = if resources_changed {
+        let current = ws.spec.resources;
+        Some(resources(
+            req.cpus.unwrap_or(current.cpus()),
+            req.memory.map_or(Ok(current.memory_bytes), size)?,
+            match req.disk {
+                Some(d) => Some(size(d)?),
+                None => current.disk_bytes,
+            },
+        )?)
+    } else {
+        None
+    };
+    let idle_timeout_minutes = req.idle_timeout_minutes.map(idle_timeout).transpose()?;
+    if req.desired_state.is_none() && resources.is_none() && idle_timeout_minutes.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "nothing to change; give desired_state, cpus, memory, disk or idle_timeout_minutes".into(),
+        ));
+    }
+    let patch = WorkspacePatch { desired: req.desired_state, resources, idle_timeout_minutes };
+    let ws = state.store.workspace_patch(ws.id, patch, None).await?;
+    state.reconciler.poke();
+    Ok(ws)
+}
+
+pub async fn delete(state: &AppState, ws: Workspace) -> Result<Workspace, ApiError> {
+    if ws.desired == DesiredState::Terminated {
+        return Ok(ws);
+    }
+    let patch = WorkspacePatch { desired: Some(DesiredState::Terminated), ..Default::default() };
+    let ws = state.store.workspace_patch(ws.id, patch, None).await?;
+    tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace deletion requested");
+    state.reconciler.poke();
+    Ok(ws)
+}
+
+fn resources(cpus: f64, memory: u64, disk: Option<u64>) -> Result<Resources, ApiError> {
+    Resources::new(cpus, memory, disk).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+fn size(s: Size) -> Result<u64, ApiError> {
+    match s {
+        Size::Bytes(b) => Ok(b),
+        Size::Text(t) => parse_size(&t).map_err(|e| ApiError::InvalidRequest(e.to_string())),
+    }
+}
+
+fn idle_timeout(minutes: u32) -> Result<u32, ApiError> {
+    if minutes > MAX_IDLE_TIMEOUT_MINUTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "idle_timeout_minutes must be at most {MAX_IDLE_TIMEOUT_MINUTES} (a week); use 0 for never"
+        )));
+    }
+    Ok(minutes)
+}
+
+/// Engine failures seen while serving a request on a workspace (exec, logs).
+pub fn backend_error(ws: &Workspace, e: BackendError) -> ApiError {
+    match e {
+        BackendError::NotRunning | BackendError::NoContainer => ApiError::Conflict(format!(
+            "workspace {} is not running (state {}); start it with `cove start {}`",
+            ws.name, ws.actual, ws.name
+        )),
+        BackendError::Unreachable { .. } => ApiError::Unavailable(e.to_string()),
+        other => ApiError::Unavailable(format!("container engine: {other}")),
+    }
+}

@@ -1,0 +1,142 @@
+//! The API against the in-memory backend and a real SQLite file: fast checks of routing,
+//! the OpenAPI document, validation and auth.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cove_core::{Name, Role};
+use cove_runtime::FakeBackend;
+use cove_server::{api, auth, openapi, AppState, Config};
+use cove_store::{NewUser, SqliteStore, Store};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Api {
+    router: axum::Router,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("cove.db")).await.unwrap());
+    let user = store
+        .user_create(NewUser {
+            name: Name::parse("alice").unwrap(),
+            role: Role::Member,
+            password_hash: auth::hash_password("pw").unwrap(),
+        })
+        .await
+        .unwrap();
+    let (token, _) = auth::issue_token(store.as_ref(), &user, "test").await.unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    fake.add_image("img:1");
+    let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
+    let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        engine_endpoint: None,
+        instance: None,
+        default_image: "img:1".into(),
+        reconcile,
+    };
+    let state = AppState { store, backend: fake, reconciler, config: Arc::new(config), instance: "test".into() };
+    Api { router: api::router(state), token, _dir: dir }
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req =
+            Request::builder().method(method).uri(path).header("authorization", format!("Bearer {}", self.token));
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(serde_json::to_vec(&b).unwrap())
+            }
+            None => Body::empty(),
+        };
+        let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_every_served_route_is_documented() {
+    let api = api().await;
+    let doc = openapi::document();
+    let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, openapi::ROUTES.len());
+    for (method, path) in openapi::ROUTES {
+        let concrete = path.replace("{ws}", "nope").replace("{id}", "nope");
+        let (status, body) = api.call(&method.to_uppercase(), &concrete, None).await;
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !message.starts_with("no API route"),
+            "{method} {path} is documented but not served ({status}: {message})"
+        );
+    }
+    // And a route that is not documented is not served.
+    let (status, _) = api.call("GET", "/api/v1/secrets", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn create_validates_and_defaults() {
+    let api = api().await;
+    let check = |body: Value, expected: StatusCode, fragment: &'static str| {
+        let api = &api;
+        async move {
+            let (status, v) = api.call("POST", "/api/v1/workspaces", Some(body.clone())).await;
+            assert_eq!(status, expected, "{body}: {v}");
+            if !fragment.is_empty() {
+                let msg = v["error"]["message"].as_str().unwrap_or("");
+                assert!(msg.contains(fragment), "{body}: {msg:?} lacks {fragment:?}");
+            }
+            v
+        }
+    };
+    check(json!({"name": "UPPER"}), StatusCode::BAD_REQUEST, "invalid workspace name").await;
+    check(json!({"name": ""}), StatusCode::BAD_REQUEST, "must not be empty").await;
+    check(json!({"name": "ok", "cpus": 0}), StatusCode::BAD_REQUEST, "cpus").await;
+    check(json!({"name": "ok", "memory": "9t"}), StatusCode::BAD_REQUEST, "memory").await;
+    check(json!({"name": "ok", "memory": true}), StatusCode::BAD_REQUEST, "").await;
+    check(json!({"name": "ok", "idle_timeout_minutes": 1_000_000}), StatusCode::BAD_REQUEST, "at most").await;
+    check(json!({"name": "ok", "image": ""}), StatusCode::BAD_REQUEST, "image must not be empty").await;
+    let (_, list) = api.call("GET", "/api/v1/workspaces", None).await;
+    assert_eq!(list, json!([]));
+
+    let v = check(json!({"name": "ok", "memory": 1073741824}), StatusCode::CREATED, "").await;
+    assert_eq!(v["image"], "img:1");
+    assert_eq!(v["cpus"], 2.0);
+    assert_eq!(v["memory_bytes"], 1073741824u64);
+    assert_eq!(v["idle_timeout_minutes"], 30);
+    assert_eq!(v["desired_state"], "Running");
+    assert_eq!(v["actual_state"], "CreationRequested");
+    check(json!({"name": "ok"}), StatusCode::CONFLICT, "already exists").await;
+}
+
+#[tokio::test]
+async fn patch_and_delete() {
+    let api = api().await;
+    let (s, _) = api.call("POST", "/api/v1/workspaces", Some(json!({"name": "w", "start": false}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"desired_state": "Terminated"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"cpus": 4, "idle_timeout_minutes": 0}))).await;
+    assert_eq!((s, v["cpus"].as_f64(), v["idle_timeout_minutes"].as_u64()), (StatusCode::OK, Some(4.0), Some(0)));
+    assert_eq!(v["generation"], 2);
+    let (s, v) = api.call("DELETE", "/api/v1/workspaces/w", None).await;
+    assert_eq!((s, v["desired_state"].as_str()), (StatusCode::ACCEPTED, Some("Terminated")));
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"desired_state": "Running"}))).await;
+    assert!(s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND, "{s} {v}");
+}

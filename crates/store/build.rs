@@ -1,0 +1,6 @@
+//! `sqlx::migrate!` embeds the migrations at compile time; without this, adding a
+//! migration file would not rebuild the crate and the new file would be missed.
+
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

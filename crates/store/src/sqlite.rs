@@ -1,0 +1,453 @@
+//! The SQLite store: Cove's embedded default, one file beside the server, so a single
+//! machine needs no database server to run.
+//!
+//! Times are INTEGER unix milliseconds and ids hyphenated uuid text (see the migrations).
+//! What is read back is parsed, not trusted: a row that no longer parses is `Corrupt`.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use cove_core::{ActualState, ApiToken, Name, Resources, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteExecutor};
+
+use crate::{NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `last_used_at` is for a person deciding which tokens to revoke; a minute's precision
+/// serves them and spares a write on every request.
+const LAST_USED_PRECISION_MS: i64 = 60_000;
+
+const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at";
+
+const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, \
+     t.created_at AS token_created_at, t.expires_at, t.last_used_at";
+
+const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
+     w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_minutes, \
+     w.desired, w.actual, w.message, w.generation, w.actual_generation, \
+     w.created_at, w.updated_at \
+     FROM workspaces w JOIN users u ON u.id = w.owner_id";
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file if missing (not its directory),
+    /// and brings the schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            // Readers do not block the writer, and the reconciler reads all the time.
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL can only lose the last commits to a power cut, never corrupt.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Waits for queries in flight, then closes every connection (which checkpoints the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn instance_id(&self) -> Result<String> {
+        // Insert-or-ignore, then read: two servers starting at once agree on the first id.
+        sqlx::query("INSERT OR IGNORE INTO settings (key, value) VALUES ('instance_id', ?)")
+            .bind(uuid::Uuid::new_v4().simple().to_string())
+            .execute(&self.pool)
+            .await?;
+        let id =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'instance_id'").fetch_one(&self.pool).await?;
+        Ok(id)
+    }
+
+    async fn user_count(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        // A count is never negative.
+        Ok(count.unsigned_abs())
+    }
+
+    async fn user_create(&self, new: NewUser) -> Result<User> {
+        let user = User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now() };
+        sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(user.name.as_str())
+            .bind(user.role.as_str())
+            .bind(&new.password_hash)
+            .bind(user.created_at.timestamp_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                insert_error(e, || format!("a user named {} already exists; choose another name", user.name))
+            })?;
+        Ok(user)
+    }
+
+    async fn user_get(&self, id: UserId) -> Result<User> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        user_from_row(&row)
+    }
+
+    async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>> {
+        let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.name = ?");
+        let Some(row) = sqlx::query(&sql).bind(name.as_str()).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some((user_from_row(&row)?, row.try_get("password_hash")?)))
+    }
+
+    async fn token_create(&self, new: NewToken) -> Result<ApiToken> {
+        let token = ApiToken {
+            id: TokenId::new_random(),
+            user: new.user,
+            name: new.name,
+            created_at: now(),
+            expires_at: new.expires_at.map(|t| t.trunc_subsecs(3)),
+            last_used_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token.id.to_string())
+        .bind(token.user.to_string())
+        .bind(&token.name)
+        .bind(&new.token_hash)
+        .bind(token.created_at.timestamp_millis())
+        .bind(token.expires_at.map(|t| t.timestamp_millis()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| insert_error(e, || "this token is already registered; make a new one".into()))?;
+        Ok(token)
+    }
+
+    async fn token_authenticate(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<(ApiToken, User)>> {
+        let now_ms = now.timestamp_millis();
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, {USER_COLUMNS} \
+             FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?)"
+        );
+        let Some(row) = sqlx::query(&sql).bind(token_hash).bind(now_ms).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let mut token = token_from_row(&row)?;
+        let user = user_from_row(&row)?;
+
+        let stale_before = now_ms.saturating_sub(LAST_USED_PRECISION_MS);
+        // Checked here first so that most requests take no write lock at all; the same
+        // check in SQL keeps concurrent requests from moving the time backwards.
+        if token.last_used_at.is_none_or(|t| t.timestamp_millis() < stale_before) {
+            let written = sqlx::query(
+                "UPDATE api_tokens SET last_used_at = ? \
+                 WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            )
+            .bind(now_ms)
+            .bind(token.id.to_string())
+            .bind(stale_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if written > 0 {
+                token.last_used_at = Some(now.trunc_subsecs(3));
+            }
+        }
+        Ok(Some((token, user)))
+    }
+
+    async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens t WHERE t.user_id = ? \
+             ORDER BY t.created_at, t.id"
+        );
+        let rows = sqlx::query(&sql).bind(user.to_string()).fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn token_delete(&self, user: UserId, id: TokenId) -> Result<()> {
+        let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = ? AND user_id = ?")
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn workspace_create(&self, new: NewWorkspace) -> Result<Workspace> {
+        let id = WorkspaceId::new_random();
+        let now = now().timestamp_millis();
+        // One transaction, so the workspace returned is the one written.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO workspaces (id, name, owner_id, image, cpus_milli, memory_bytes, \
+             disk_bytes, idle_timeout_minutes, desired, actual, message, generation, \
+             actual_generation, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(new.name.as_str())
+        .bind(new.owner.to_string())
+        .bind(&new.image)
+        .bind(i64::from(new.resources.cpus_milli))
+        .bind(db_int(new.resources.memory_bytes))
+        .bind(new.resources.disk_bytes.map(db_int))
+        .bind(i64::from(new.idle_timeout_minutes))
+        .bind(new.desired.as_str())
+        .bind(ActualState::CreationRequested.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            insert_error(e, || {
+                format!("a workspace named {} already exists; choose another name or remove it first", new.name)
+            })
+        })?;
+        let workspace = workspace_fetch(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(workspace)
+    }
+
+    async fn workspace_get(&self, id: WorkspaceId) -> Result<Workspace> {
+        workspace_fetch(&self.pool, id).await
+    }
+
+    async fn workspace_get_by_name(&self, owner: UserId, name: &Name) -> Result<Workspace> {
+        let row = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE w.owner_id = ? AND w.name = ?"))
+            .bind(owner.to_string())
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        workspace_from_row(&row)
+    }
+
+    async fn workspace_list_by_owner(&self, owner: UserId) -> Result<Vec<Workspace>> {
+        let rows = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE w.owner_id = ? ORDER BY w.name"))
+            .bind(owner.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(workspace_from_row).collect()
+    }
+
+    async fn workspace_list_all(&self) -> Result<Vec<Workspace>> {
+        let rows = sqlx::query(&format!("{WORKSPACE_SELECT} ORDER BY w.name, u.name")).fetch_all(&self.pool).await?;
+        rows.iter().map(workspace_from_row).collect()
+    }
+
+    async fn workspace_patch(
+        &self,
+        id: WorkspaceId,
+        patch: WorkspacePatch,
+        expected_generation: Option<i64>,
+    ) -> Result<Workspace> {
+        let resources = patch.resources;
+        // The UPDATE takes the write lock first thing, so the check of the generation and
+        // the change are one step; the read after it returns exactly what was written.
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            // `disk_bytes` may be patched to NULL, so COALESCE cannot tell it from "keep".
+            "UPDATE workspaces SET \
+                 desired = COALESCE(?1, desired), \
+                 cpus_milli = COALESCE(?2, cpus_milli), \
+                 memory_bytes = COALESCE(?3, memory_bytes), \
+                 disk_bytes = CASE WHEN ?4 THEN ?5 ELSE disk_bytes END, \
+                 idle_timeout_minutes = COALESCE(?6, idle_timeout_minutes), \
+                 generation = generation + 1, \
+                 updated_at = ?7 \
+             WHERE id = ?8 AND (?9 IS NULL OR generation = ?9)",
+        )
+        .bind(patch.desired.map(|d| d.as_str()))
+        .bind(resources.map(|r| i64::from(r.cpus_milli)))
+        .bind(resources.map(|r| db_int(r.memory_bytes)))
+        .bind(resources.is_some())
+        .bind(resources.and_then(|r| r.disk_bytes).map(db_int))
+        .bind(patch.idle_timeout_minutes.map(i64::from))
+        .bind(now().timestamp_millis())
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let name: Option<String> = sqlx::query_scalar("SELECT name FROM workspaces WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match name {
+                None => StoreError::NotFound,
+                Some(name) => {
+                    StoreError::Conflict(format!("workspace {name} changed meanwhile; read it again and retry"))
+                }
+            });
+        }
+        let workspace = workspace_fetch(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(workspace)
+    }
+
+    async fn workspace_set_actual(
+        &self,
+        id: WorkspaceId,
+        actual: ActualState,
+        message: Option<&str>,
+        actual_generation: i64,
+    ) -> Result<bool> {
+        let written = sqlx::query(
+            "UPDATE workspaces SET actual = ?1, message = ?2, actual_generation = ?3 \
+             WHERE id = ?4 AND actual_generation < ?3",
+        )
+        .bind(actual.as_str())
+        .bind(message)
+        .bind(actual_generation)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(written > 0)
+    }
+
+    async fn workspace_delete(&self, id: WorkspaceId) -> Result<()> {
+        let deleted = sqlx::query("DELETE FROM workspaces WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+/// The current time at the precision it is stored with, so that what a write returns
+/// equals what a later read gives.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// Sizes are `u64` but SQLite integers are `i64`. Sizes that large cannot come from
+/// `Resources::new`; should one slip through, -1 makes a CHECK constraint refuse the
+/// write rather than store a wrapped number.
+fn db_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(-1)
+}
+
+/// Turns the constraint errors of an insert into the errors callers act on.
+fn insert_error(e: sqlx::Error, conflict: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
+        // Every reference an insert makes is to a user: the owner is gone or never was.
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+        _ => e.into(),
+    }
+}
+
+async fn workspace_fetch<'c>(db: impl SqliteExecutor<'c>, id: WorkspaceId) -> Result<Workspace> {
+    let row = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE w.id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(db)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    workspace_from_row(&row)
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User> {
+    Ok(User {
+        id: text(row, "user_id", str::parse)?,
+        name: text(row, "user_name", Name::parse)?,
+        role: text(row, "user_role", str::parse)?,
+        created_at: time(row, "user_created_at")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
+    Ok(ApiToken {
+        id: text(row, "token_id", str::parse)?,
+        user: text(row, "user_id", str::parse)?,
+        name: row.try_get("token_name")?,
+        created_at: time(row, "token_created_at")?,
+        expires_at: optional_time(row, "expires_at")?,
+        last_used_at: optional_time(row, "last_used_at")?,
+    })
+}
+
+fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: text(row, "id", str::parse)?,
+        name: text(row, "name", Name::parse)?,
+        owner: text(row, "owner_id", str::parse)?,
+        owner_name: text(row, "owner_name", Name::parse)?,
+        spec: WorkspaceSpec {
+            image: row.try_get("image")?,
+            resources: Resources {
+                cpus_milli: int(row, "cpus_milli")?,
+                memory_bytes: int(row, "memory_bytes")?,
+                disk_bytes: optional_int(row, "disk_bytes")?,
+            },
+        },
+        idle_timeout_minutes: int(row, "idle_timeout_minutes")?,
+        desired: text(row, "desired", str::parse)?,
+        actual: text(row, "actual", str::parse)?,
+        message: row.try_get("message")?,
+        generation: row.try_get("generation")?,
+        actual_generation: row.try_get("actual_generation")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn text<T, E: fmt::Display>(row: &SqliteRow, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T> {
+    let value: String = row.try_get(column)?;
+    parse(&value).map_err(|e| StoreError::Corrupt(format!("{column} {value:?}: {e}")))
+}
+
+fn int<T: TryFrom<i64>>(row: &SqliteRow, column: &str) -> Result<T> {
+    int_value(column, row.try_get(column)?)
+}
+
+fn optional_int<T: TryFrom<i64>>(row: &SqliteRow, column: &str) -> Result<Option<T>> {
+    let value: Option<i64> = row.try_get(column)?;
+    value.map(|v| int_value(column, v)).transpose()
+}
+
+fn int_value<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T> {
+    T::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} {value} is out of range")))
+}
+
+fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>> {
+    time_value(column, row.try_get(column)?)
+}
+
+fn optional_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>> {
+    let value: Option<i64> = row.try_get(column)?;
+    value.map(|ms| time_value(column, ms)).transpose()
+}
+
+fn time_value(column: &str, ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("{column} {ms} is not a time")))
+}
