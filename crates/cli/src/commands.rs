@@ -425,12 +425,13 @@ pub async fn image(command: ImageCommand) -> anyhow::Result<ExitCode> {
     if let Some(note) = &engine.note {
         eprintln!("{note}");
     }
+    let docker = engine.client()?;
     let progress = |line: &str| eprintln!("  {line}");
     let tag = if tiny {
-        cove_runtime::images::ensure_tiny_image(&engine.docker, progress).await?
+        cove_runtime::images::ensure_tiny_image(&docker, progress).await?
     } else {
         eprintln!("building the Debian base image (debootstrap; about a minute)");
-        cove_runtime::images::bootstrap_base_image(&engine.docker, progress).await?
+        cove_runtime::images::bootstrap_base_image(&docker, progress).await?
     };
     println!("{tag}");
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,9 @@ fn api_errors_are_json_with_the_right_status() {
     assert_eq!((s, error_code(&v)), (400, "invalid_request"));
     assert!(v["error"]["message"].as_str().unwrap().contains("colour"));
     let (s, v) = http.call(M::PATCH, "/api/v1/workspaces/none", t, Some(br#"{"desired_state":"Sleeping"}"#.to_vec()));
+    assert_eq!((s, error_code(&v)), (400, "invalid_request"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("Sleeping"), "{v}");
+    let (s, v) = http.call(M::PATCH, "/api/v1/workspaces/none", t, Some(br#"{"desired_state":"Stopped"}"#.to_vec()));
     assert_eq!((s, error_code(&v)), (404, "not_found"));
     let (s, v) = http.call(M::GET, "/api/v1/nowhere", t, None);
     assert_eq!((s, error_code(&v)), (404, "not_found"));

@@ -96,8 +96,9 @@ impl Plan {
 }
 
 /// Decides what to do for one workspace. `spec_hash` is the hash of the wanted spec;
-/// a container made from another spec is replaced, never patched.
-pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed) -> Plan {
+/// a container made from another spec is replaced, never patched. `recorded` is the actual
+/// state last written: an exited container is a crash only if it was last seen running.
+pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed, recorded: ActualState) -> Plan {
     use ActualState as A;
     use ContainerState as C;
     let container = observed.container.as_ref().map(|c| c.state);
@@ -107,7 +108,7 @@ pub fn plan(desired: DesiredState, spec_hash: &str, observed: &Observed) -> Plan
             Some(C::Restarting | C::Removing) => {
                 Plan::steady(A::Starting).with_message("waiting for the engine to settle the container".into())
             }
-            Some(C::Exited { code }) if is_current(observed, spec_hash) => {
+            Some(C::Exited { code }) if is_current(observed, spec_hash) && recorded == A::Running => {
                 Plan::act(A::Failed, vec![Action::StartContainer], A::Running)
                     .with_message(format!("container exited with code {code}; starting it again"))
             }
@@ -208,7 +209,13 @@ mod tests {
 
     #[track_caller]
     fn check(desired: D, observed: Observed, now: A, actions: &[Action], then: A) {
-        let p = plan(desired, HASH, &observed);
+        check_from(A::Stopped, desired, observed, now, actions, then);
+    }
+
+    /// Like `check`, from a given last recorded state.
+    #[track_caller]
+    fn check_from(recorded: A, desired: D, observed: Observed, now: A, actions: &[Action], then: A) {
+        let p = plan(desired, HASH, &observed, recorded);
         assert_eq!(
             (p.now, p.actions.as_slice(), p.then),
             (now, actions, then),
@@ -230,7 +237,18 @@ mod tests {
         check(D::Running, world(Some(C::Created), false, true), A::Starting, &[StartContainer], A::Running);
         check(D::Running, world(Some(C::Running), false, true), A::Running, &[], A::Running);
         check(D::Running, world(Some(C::Paused), false, true), A::Starting, &[UnpauseContainer], A::Running);
-        check(D::Running, world(Some(exited), false, true), A::Failed, &[StartContainer], A::Running);
+        // Exited while it was last seen running: a crash, counted as a failure.
+        check_from(A::Running, D::Running, world(Some(exited), false, true), A::Failed, &[StartContainer], A::Running);
+        // Exited because it was stopped: a plain start.
+        check_from(
+            A::Stopped,
+            D::Running,
+            world(Some(exited), false, true),
+            A::Starting,
+            &[StartContainer],
+            A::Running,
+        );
+        check_from(A::Failed, D::Running, world(Some(exited), false, true), A::Starting, &[StartContainer], A::Running);
         check(
             D::Running,
             world(Some(C::Dead), false, true),
@@ -347,9 +365,9 @@ mod tests {
 
     #[test]
     fn failures_are_marked() {
-        let p = plan(D::Running, HASH, &world(Some(C::Exited { code: 3 }), false, true));
+        let p = plan(D::Running, HASH, &world(Some(C::Exited { code: 3 }), false, true), A::Running);
         assert!(p.is_failure());
         assert_eq!(p.message.as_deref(), Some("container exited with code 3; starting it again"));
-        assert!(!plan(D::Running, HASH, &world(None, false, false)).is_failure());
+        assert!(!plan(D::Running, HASH, &world(None, false, false), A::CreationRequested).is_failure());
     }
 }

@@ -102,7 +102,22 @@ struct Reconciler {
 #[derive(Default)]
 struct Book {
     in_flight: HashSet<WorkspaceId>,
+    /// When each workspace's last action list ended. A pass whose observation is older
+    /// saw the world before those actions landed and must not plan from it.
+    finished: HashMap<WorkspaceId, Instant>,
     backoff: HashMap<WorkspaceId, Backoff>,
+}
+
+impl Book {
+    /// Whether a workspace must be left alone by a pass that observed at `observed_at`.
+    fn is_busy(&self, id: WorkspaceId, observed_at: Instant) -> bool {
+        self.in_flight.contains(&id) || self.finished.get(&id).is_some_and(|t| *t >= observed_at)
+    }
+
+    fn done(&mut self, id: WorkspaceId) {
+        self.in_flight.remove(&id);
+        self.finished.insert(id, Instant::now());
+    }
 }
 
 struct Backoff {
@@ -128,6 +143,7 @@ impl Reconciler {
     }
 
     async fn pass(self: Arc<Self>) {
+        let observed_at = Instant::now();
         let observed = self.backend.observe().await;
         // The store is read after the runtime: any container seen above was made from a
         // record that existed before it, so a container without a record is an orphan.
@@ -152,12 +168,14 @@ impl Reconciler {
             }
         };
 
+        // Entries older than this observation can no longer make a pass skip anything.
+        self.book().finished.retain(|_, t| *t >= observed_at);
         for ws in workspaces {
             let seen = observed.remove(&ws.id).unwrap_or_default();
-            self.clone().reconcile_one(ws, seen).await;
+            self.clone().reconcile_one(ws, seen, observed_at).await;
         }
         for (orphan, seen) in observed {
-            self.clone().remove_orphan(orphan, seen);
+            self.clone().remove_orphan(orphan, seen, observed_at);
         }
         self.report(count, None);
     }
@@ -173,11 +191,11 @@ impl Reconciler {
         });
     }
 
-    async fn reconcile_one(self: Arc<Self>, ws: Workspace, seen: Observed) {
-        let plan = plan(ws.desired, &ws.spec.hash(), &seen);
+    async fn reconcile_one(self: Arc<Self>, ws: Workspace, seen: Observed, observed_at: Instant) {
+        let plan = plan(ws.desired, &ws.spec.hash(), &seen, ws.actual);
         {
             let mut book = self.book();
-            if book.in_flight.contains(&ws.id) {
+            if book.is_busy(ws.id, observed_at) {
                 return;
             }
             if plan.actions.is_empty() {
@@ -201,7 +219,7 @@ impl Reconciler {
         tokio::spawn(async move {
             let id = ws.id;
             self.execute(ws, plan).await;
-            self.book().in_flight.remove(&id);
+            self.book().done(id);
             self.poke.notify_one();
         });
     }
@@ -286,9 +304,13 @@ impl Reconciler {
 
     /// A container or volume of this instance whose record is gone (the database was
     /// replaced or edited by hand): remove it, as the finalizer would have.
-    fn remove_orphan(self: Arc<Self>, id: WorkspaceId, seen: Observed) {
-        if !self.book().in_flight.insert(id) {
-            return;
+    fn remove_orphan(self: Arc<Self>, id: WorkspaceId, seen: Observed, observed_at: Instant) {
+        {
+            let mut book = self.book();
+            if book.is_busy(id, observed_at) {
+                return;
+            }
+            book.in_flight.insert(id);
         }
         tokio::spawn(async move {
             tracing::info!(workspace_id = %id, "removing the container and volume of a workspace with no record");
@@ -302,7 +324,7 @@ impl Reconciler {
                     tracing::warn!(workspace_id = %id, error = %e, "could not remove an orphaned volume");
                 }
             }
-            self.book().in_flight.remove(&id);
+            self.book().done(id);
         });
     }
 }

@@ -50,7 +50,8 @@ const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; trap 'exit 0' TERM INT; 
 const EXEC_EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct DockerBackend {
-    docker: Docker,
+    /// `None` until the engine's socket exists: a server may start before its engine.
+    docker: std::sync::Mutex<Option<Docker>>,
     endpoint: String,
     instance: String,
     /// Whether the client's API version has been matched to the engine's yet. Done lazily
@@ -62,12 +63,12 @@ impl DockerBackend {
     /// `endpoint` is only used in messages; `instance` scopes every object this backend
     /// makes, observes or removes.
     pub fn new(docker: Docker, endpoint: String, instance: String) -> Self {
-        Self { docker, endpoint, instance, negotiated: AtomicBool::new(false) }
+        Self { docker: std::sync::Mutex::new(Some(docker)), endpoint, instance, negotiated: AtomicBool::new(false) }
     }
 
-    /// The client, for what the trait does not cover (building images).
-    pub fn docker(&self) -> &Docker {
-        &self.docker
+    /// A backend whose client is made on first use, once `endpoint`'s socket exists.
+    pub fn lazy(endpoint: String, instance: String) -> Self {
+        Self { docker: std::sync::Mutex::new(None), endpoint, instance, negotiated: AtomicBool::new(false) }
     }
 
     pub fn container_name(spec: &ContainerSpec) -> String {
@@ -79,12 +80,24 @@ impl DockerBackend {
     }
 
     /// The client, once its API version suits the engine.
-    async fn api(&self) -> Result<&Docker> {
+    async fn api(&self) -> Result<Docker> {
+        let docker = self.client()?;
         if !self.negotiated.load(Ordering::Relaxed) {
-            negotiate(&self.docker).await.map_err(|e| self.error("ask the engine for its version", e))?;
+            negotiate(&docker).await.map_err(|e| self.error("ask the engine for its version", e))?;
             self.negotiated.store(true, Ordering::Relaxed);
         }
-        Ok(&self.docker)
+        Ok(docker)
+    }
+
+    fn client(&self) -> Result<Docker> {
+        // Nothing panics while holding this lock, and an Option stays valid regardless.
+        let mut slot = self.docker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(docker) = slot.as_ref() {
+            return Ok(docker.clone());
+        }
+        let docker = crate::engine::client_for(&self.endpoint)?;
+        *slot = Some(docker.clone());
+        Ok(docker)
     }
 
     fn error(&self, context: &str, err: DockerError) -> BackendError {
@@ -445,7 +458,8 @@ impl DockerBackend {
     /// The list's status text had no exit code; ask the container itself. Failing that,
     /// -1 keeps observe() going: the code only feeds a message.
     async fn inspect_exit_code(&self, container: &str) -> i64 {
-        match self.docker.inspect_container(container, None).await {
+        let Ok(docker) = self.client() else { return -1 };
+        match docker.inspect_container(container, None).await {
             Ok(inspect) => inspect.state.and_then(|s| s.exit_code).unwrap_or(-1),
             Err(e) => {
                 tracing::warn!(container, error = %e, "cannot read the exit code of a container");

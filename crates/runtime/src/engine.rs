@@ -32,7 +32,8 @@ pub struct EngineConfig {
 
 /// A client for the engine that was found, and the service we started for it, if any.
 pub struct Engine {
-    pub docker: Docker,
+    /// `None` when the configured socket does not exist yet.
+    pub docker: Option<Docker>,
     /// The endpoint in `unix://` or `tcp://` form, for messages.
     pub endpoint: String,
     /// Something worth telling the operator about how the engine was found.
@@ -74,10 +75,8 @@ pub async fn connect(config: &EngineConfig) -> Result<Engine, BackendError> {
         // would put workspaces somewhere nobody asked for.
         if let Some(path) = endpoint.strip_prefix("unix://") {
             if !Path::new(path).exists() {
-                return Err(BackendError::Unreachable {
-                    endpoint: endpoint.clone(),
-                    message: "the socket does not exist; start the engine or fix the configured endpoint".into(),
-                });
+                // The engine may come up later; the backend connects once the socket exists.
+                return Ok(Engine { docker: None, endpoint: endpoint.clone(), note: None, service: None });
             }
         }
         return client(endpoint, None);
@@ -119,10 +118,41 @@ pub async fn connect(config: &EngineConfig) -> Result<Engine, BackendError> {
 }
 
 fn client(endpoint: &str, note: Option<String>) -> Result<Engine, BackendError> {
-    let docker = Docker::connect_with_host(endpoint)
+    let docker = client_for(endpoint)?;
+    Ok(Engine { docker: Some(docker), endpoint: endpoint.to_string(), note, service: None })
+}
+
+/// A bollard client for `endpoint`; `Unreachable` while a unix socket does not exist.
+pub(crate) fn client_for(endpoint: &str) -> Result<Docker, BackendError> {
+    if let Some(path) = endpoint.strip_prefix("unix://") {
+        if !Path::new(path).exists() {
+            return Err(BackendError::Unreachable {
+                endpoint: endpoint.to_string(),
+                message: "the socket does not exist; start the engine or fix the configured endpoint".into(),
+            });
+        }
+    }
+    Ok(Docker::connect_with_host(endpoint)
         .map_err(|e| crate::docker::engine_error(endpoint, "connect", e))?
-        .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS));
-    Ok(Engine { docker, endpoint: endpoint.to_string(), note, service: None })
+        .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS)))
+}
+
+impl Engine {
+    /// A backend on this engine that labels and sees only `instance`'s objects.
+    pub fn backend(&self, instance: String) -> crate::DockerBackend {
+        match &self.docker {
+            Some(docker) => crate::DockerBackend::new(docker.clone(), self.endpoint.clone(), instance),
+            None => crate::DockerBackend::lazy(self.endpoint.clone(), instance),
+        }
+    }
+
+    /// The client, for what the `Backend` trait does not cover (building images).
+    pub fn client(&self) -> Result<Docker, BackendError> {
+        match &self.docker {
+            Some(docker) => Ok(docker.clone()),
+            None => client_for(&self.endpoint),
+        }
+    }
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -213,7 +243,7 @@ mod tests {
         let config = EngineConfig { endpoint: Some("tcp://127.0.0.1:9".into()), state_dir: std::env::temp_dir() };
         let engine = connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(engine.endpoint, "tcp://127.0.0.1:9");
-        let backend = crate::DockerBackend::new(engine.docker.clone(), engine.endpoint.clone(), "t".into());
+        let backend = engine.backend("t".into());
         use crate::Backend;
         assert!(matches!(backend.observe().await, Err(BackendError::Unreachable { .. })));
     }
@@ -230,7 +260,7 @@ mod tests {
         assert!(engine.note.as_deref().unwrap_or_default().contains("started `podman system service`"));
         let info = {
             use crate::Backend;
-            crate::DockerBackend::new(engine.docker.clone(), engine.endpoint.clone(), "t".into()).ping().await
+            engine.backend("t".into()).ping().await
         };
         assert_eq!(info.map(|i| i.kind).unwrap_or_else(|e| panic!("{e}")), "podman");
         let socket = dir.path().join("podman.sock");

@@ -18,7 +18,7 @@ use anyhow::Context;
 pub use cove_reconciler::Config as ReconcileConfig;
 use cove_reconciler::Handle;
 use cove_runtime::engine::{self, EngineConfig};
-use cove_runtime::{Backend, DockerBackend};
+use cove_runtime::Backend;
 use cove_store::{SqliteStore, Store};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
@@ -92,8 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if let Some(note) = &engine.note {
         notes.push(note.clone());
     }
-    let backend: Arc<dyn Backend> =
-        Arc::new(DockerBackend::new(engine.docker.clone(), engine.endpoint.clone(), instance.clone()));
+    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
     match backend.ping().await {
         Ok(info) => notes.push(format!("container engine: {} {} at {}", info.kind, info.version, info.endpoint)),
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),

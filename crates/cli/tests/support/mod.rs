@@ -44,8 +44,7 @@ impl Engine {
                 state_dir: std::env::temp_dir(),
             }))
             .unwrap();
-        let backend =
-            Arc::new(DockerBackend::new(engine.docker.clone(), engine.endpoint.clone(), instance.to_string()));
+        let backend = Arc::new(engine.backend(instance.to_string()));
         Self { backend, rt, _engine: engine }
     }
 
