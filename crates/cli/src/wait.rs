@@ -18,7 +18,10 @@ pub enum Goal {
     Gone,
 }
 
-const POLL: Duration = Duration::from_millis(100);
+/// Most starts and stops finish within a second: poll tightly at first, then back off.
+const POLL_FAST: Duration = Duration::from_millis(20);
+const POLL_SLOW: Duration = Duration::from_millis(100);
+const FAST_FOR: Duration = Duration::from_secs(3);
 
 /// Polls until `goal` holds. Fails fast when the workspace reports a failure recorded after
 /// `since_generation` (older failures are what the change is meant to fix).
@@ -30,7 +33,8 @@ pub async fn until(
     timeout: Duration,
 ) -> anyhow::Result<Option<WorkspaceView>> {
     let progress = Progress::new(key);
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut last_state = None;
     loop {
         let ws = match client.get::<WorkspaceView>(&format!("/api/v1/workspaces/{}", segment(key))).await {
@@ -76,7 +80,7 @@ pub async fn until(
                 ws.name
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(if started.elapsed() < FAST_FOR { POLL_FAST } else { POLL_SLOW }).await;
     }
 }
 

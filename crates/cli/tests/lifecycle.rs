@@ -52,7 +52,7 @@ fn full_user_flow() {
     let id = server.workspace_id("api");
     server.ok(&["rm", "api"]);
     server.fails(&["show", "api"]);
-    assert!(server.engine.observe().get(&id).is_none(), "the container or volume outlived `cove rm`");
+    assert!(!server.engine.observe().contains_key(&id), "the container or volume outlived `cove rm`");
 }
 
 #[test]
@@ -170,5 +170,5 @@ fn docker_engine_smoke() {
     server.ok(&["restart", "dock"]);
     let id = server.workspace_id("dock");
     server.ok(&["rm", "dock"]);
-    assert!(server.engine.observe().get(&id).is_none());
+    assert!(!server.engine.observe().contains_key(&id));
 }

@@ -7,6 +7,8 @@
 //! orphan anything.
 
 use std::collections::HashMap;
+
+use crate::listing::{self, Listed};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,13 +16,10 @@ use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, ExecConfig, HostConfig, Mount, MountType,
-    VolumeCreateRequest,
-};
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use cove_core::{ContainerState, Observed, ObservedContainer, WorkspaceId};
@@ -134,15 +133,15 @@ impl DockerBackend {
 
     /// The workspace's containers: normally one, but removal must take them all should
     /// a human have made another with our labels.
-    async fn containers_of(&self, id: WorkspaceId) -> Result<Vec<ContainerSummary>> {
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&self.workspace_filter(id)).build();
-        let found = self
-            .api()
-            .await?
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.error("list the workspace's containers", e))?;
+    async fn containers_of(&self, id: WorkspaceId) -> Result<Vec<Listed>> {
+        let found = self.list_containers(&self.workspace_filter(id)).await?;
         Ok(found.into_iter().filter(|c| self.is_ours(c.labels.as_ref(), Some(id))).collect())
+    }
+
+    /// Lists through `listing`, after the client is known to work (same endpoint).
+    async fn list_containers(&self, filters: &HashMap<String, Vec<String>>) -> Result<Vec<Listed>> {
+        self.api().await?;
+        listing::list(&self.endpoint, filters).await
     }
 
     /// Whether an object carries this instance's label (and the workspace's, if given).
@@ -155,9 +154,9 @@ impl DockerBackend {
     }
 
     /// The container to act on: the running one if there are several.
-    async fn container_of(&self, id: WorkspaceId) -> Result<ContainerSummary> {
+    async fn container_of(&self, id: WorkspaceId) -> Result<Listed> {
         let containers = self.containers_of(id).await?;
-        let running = containers.iter().position(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING)).unwrap_or(0);
+        let running = containers.iter().position(Listed::is_running).unwrap_or(0);
         containers.into_iter().nth(running).ok_or(BackendError::NoContainer)
     }
 
@@ -165,17 +164,11 @@ impl DockerBackend {
     /// between create and record), or `None` if the name belongs to someone else.
     async fn leftover_named(&self, name: &str, id: WorkspaceId) -> Result<Option<String>> {
         let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        let found = self
-            .api()
-            .await?
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.error("look up the container holding the name", e))?;
+        let found = self.list_containers(&filters).await?;
         // The name filter matches substrings, so the exact name is checked here.
         Ok(found
             .into_iter()
-            .filter(|c| c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name))
+            .filter(|c| c.has_name(name))
             .find(|c| self.is_ours(c.labels.as_ref(), Some(id)))
             .and_then(|c| c.id))
     }
@@ -207,9 +200,8 @@ impl Backend for DockerBackend {
     }
 
     async fn observe(&self) -> Result<HashMap<WorkspaceId, Observed>> {
+        let containers = self.list_containers(&self.instance_filter()).await?;
         let docker = self.api().await?;
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&self.instance_filter()).build();
-        let containers = docker.list_containers(Some(options)).await.map_err(|e| self.error("list containers", e))?;
         let options = ListVolumesOptionsBuilder::new().filters(&self.instance_filter()).build();
         let volumes = docker.list_volumes(Some(options)).await.map_err(|e| self.error("list volumes", e))?;
 
@@ -218,15 +210,15 @@ impl Backend for DockerBackend {
             let Some(id) = workspace_label(c.labels.as_ref()) else {
                 continue;
             };
-            let state = match c.state {
-                Some(ContainerSummaryStateEnum::EXITED) => {
+            let state = match listing::container_state(c.state.as_deref()) {
+                ContainerState::Exited { .. } => {
                     let code = match c.status.as_deref().and_then(exit_code_from_status) {
                         Some(code) => code,
                         None => self.inspect_exit_code(c.id.as_deref().unwrap_or_default()).await,
                     };
                     ContainerState::Exited { code }
                 }
-                other => container_state(other),
+                other => other,
             };
             let spec_hash = c.labels.as_ref().and_then(|l| l.get(LABEL_SPEC_HASH)).cloned();
             let entry = world.entry(id).or_default();
@@ -343,7 +335,7 @@ impl Backend for DockerBackend {
 
     async fn unpause_container(&self, id: WorkspaceId) -> Result<()> {
         let container = self.container_of(id).await?;
-        if container.state != Some(ContainerSummaryStateEnum::PAUSED) {
+        if container.state.as_deref() != Some("paused") {
             return Ok(());
         }
         let cid = container.id.unwrap_or_default();
@@ -388,7 +380,7 @@ impl Backend for DockerBackend {
 
     async fn exec(&self, id: WorkspaceId, request: ExecRequest) -> Result<ExecStream> {
         let container = self.container_of(id).await?;
-        if container.state != Some(ContainerSummaryStateEnum::RUNNING) {
+        if !container.is_running() {
             return Err(BackendError::NotRunning);
         }
         let cid = container.id.unwrap_or_default();
@@ -510,25 +502,6 @@ pub(crate) async fn negotiate(docker: &Docker) -> Result<(), DockerError> {
 
 fn workspace_label(labels: Option<&HashMap<String, String>>) -> Option<WorkspaceId> {
     labels?.get(LABEL_WORKSPACE)?.parse().ok()
-}
-
-/// Maps the engine's state names. `Exited` is handled by the caller, which has the code.
-/// Podman's compatible API already reports its own states in Docker's words (configured
-/// and initialized as created, stopped as exited), so one table serves both engines.
-fn container_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
-    use ContainerSummaryStateEnum as S;
-    match state {
-        Some(S::CREATED) => ContainerState::Created,
-        Some(S::RUNNING) => ContainerState::Running,
-        Some(S::PAUSED) => ContainerState::Paused,
-        Some(S::RESTARTING) => ContainerState::Restarting,
-        // Still running until the stop finishes; a stop request for it is harmless.
-        Some(S::STOPPING) => ContainerState::Running,
-        Some(S::REMOVING) => ContainerState::Removing,
-        Some(S::EXITED) => ContainerState::Exited { code: -1 },
-        // Dead, empty or missing: nothing usable; the reconciler replaces it.
-        Some(S::DEAD | S::EMPTY) | None => ContainerState::Dead,
-    }
 }
 
 /// `Exited (137) 5 seconds ago` (Docker) or `Exited (0) Less than a second ago` (Podman).
@@ -665,21 +638,6 @@ mod tests {
         check("Up 3 minutes", None);
         check("Exited", None);
         check("Exited (x) now", None);
-    }
-
-    #[test]
-    fn states() {
-        use ContainerSummaryStateEnum as S;
-        let check = |s: Option<S>, expected: ContainerState| assert_eq!(container_state(s), expected, "{s:?}");
-        check(Some(S::CREATED), ContainerState::Created);
-        check(Some(S::RUNNING), ContainerState::Running);
-        check(Some(S::PAUSED), ContainerState::Paused);
-        check(Some(S::RESTARTING), ContainerState::Restarting);
-        check(Some(S::STOPPING), ContainerState::Running);
-        check(Some(S::REMOVING), ContainerState::Removing);
-        check(Some(S::DEAD), ContainerState::Dead);
-        check(Some(S::EMPTY), ContainerState::Dead);
-        check(None, ContainerState::Dead);
     }
 
     fn server(status_code: u16, message: &str) -> DockerError {

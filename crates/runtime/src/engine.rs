@@ -224,14 +224,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn configured_endpoint_must_exist() {
+    async fn a_configured_socket_that_does_not_exist_yet_is_connected_lazily() {
         let config = EngineConfig {
             endpoint: Some("unix:///nonexistent/cove-test.sock".into()),
             state_dir: std::env::temp_dir(),
         };
-        match connect(&config).await {
-            Err(BackendError::Unreachable { endpoint, .. }) => {
-                assert_eq!(endpoint, "unix:///nonexistent/cove-test.sock")
+        // The server must start while its engine is down, and never fall back to another.
+        let engine = connect(&config).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(engine.endpoint, "unix:///nonexistent/cove-test.sock");
+        assert!(engine.client().is_err());
+        match crate::Backend::observe(&engine.backend("t".into())).await {
+            Err(BackendError::Unreachable { endpoint, message }) => {
+                assert_eq!(endpoint, "unix:///nonexistent/cove-test.sock");
+                assert!(message.contains("does not exist"), "{message}");
             }
             other => panic!("expected Unreachable, got {other:?}"),
         }

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod engine;
 pub mod fake;
 pub mod images;
+mod listing;
 
 use std::collections::HashMap;
 
