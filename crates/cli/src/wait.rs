@@ -86,12 +86,14 @@ pub async fn until(
 
 struct Progress {
     bar: Option<ProgressBar>,
+    /// Without a terminal, the last line printed, so a final state is not printed twice.
+    last: std::cell::RefCell<String>,
 }
 
 impl Progress {
     fn new(key: &str) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Self { bar: None };
+            return Self { bar: None, last: Default::default() };
         }
         let bar = ProgressBar::new_spinner();
         if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
@@ -99,7 +101,7 @@ impl Progress {
         }
         bar.set_message(format!("{key}: waiting"));
         bar.enable_steady_tick(Duration::from_millis(100));
-        Self { bar: Some(bar) }
+        Self { bar: Some(bar), last: Default::default() }
     }
 
     fn show(&self, ws: &WorkspaceView) {
@@ -109,14 +111,21 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => bar.set_message(line),
-            None => eprintln!("{line}"),
+            None => self.print(line),
         }
     }
 
     fn finish(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(line.to_string()),
-            None => eprintln!("{line}"),
+            None => self.print(line.to_string()),
+        }
+    }
+
+    fn print(&self, line: String) {
+        if *self.last.borrow() != line {
+            eprintln!("{line}");
+            *self.last.borrow_mut() = line;
         }
     }
 

@@ -43,6 +43,11 @@ fn full_user_flow() {
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
+    // The container's output: one start line per start so far (create, then start).
+    let logs = server.ok(&["logs", "api"]);
+    assert_eq!(logs.matches("cove: workspace api started").count(), 2, "{logs:?}");
+    assert_eq!(server.ok(&["logs", "api", "--tail", "1"]), "cove: workspace api started\n");
+
     let before = server.show("api");
     server.ok(&["restart", "api"]);
     let after = server.show("api");

@@ -44,7 +44,7 @@ const PIDS_LIMIT: i64 = 4096;
 const SCRATCH_OPTIONS: &str = "rw,nosuid,nodev,size=1g,mode=1777";
 /// Placeholder main process until the agent is injected: keeps the container alive,
 /// makes the project folder on the volume, and exits 0 on the stop signal.
-const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; echo \"cove: workspace $(hostname) started\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 /// Upper bound for an exec's exit code to show up once its output has ended.
 const EXEC_EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
