@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use chrono::Utc;
-use cove_core::{format_size, DesiredState};
+use cove_core::{format_duration, format_size, ActualState, DesiredState};
 use cove_server::views::{ExecFrame, TokenView, UserView, WorkspaceView};
 use futures::StreamExt;
 use reqwest::Method;
@@ -90,8 +90,8 @@ pub struct CreateArgs {
     /// Size of the persistent volume, where the engine can enforce one, e.g. 20g.
     #[arg(long)]
     disk: Option<String>,
-    /// Minutes without activity before it is stopped; 0 for never.
-    #[arg(long)]
+    /// Time without activity before it is stopped: 90s, 30m, 2h; 0 for never.
+    #[arg(long, value_parser = cove_core::parse_duration)]
     idle_timeout: Option<u32>,
     /// Create it stopped.
     #[arg(long)]
@@ -133,7 +133,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
         body["disk"] = json!(v);
     }
     if let Some(v) = args.idle_timeout {
-        body["idle_timeout_minutes"] = json!(v);
+        body["idle_timeout_seconds"] = json!(v);
     }
     let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;
     if !args.wait.no_wait {
@@ -223,9 +223,9 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = Utc::now();
-    let idle = match w.idle_timeout_minutes {
+    let idle = match w.idle_timeout_seconds {
         0 => "never".to_string(),
-        m => format!("after {m} min without activity"),
+        s => format!("after {} without activity", format_duration(u64::from(s))),
     };
     let mut lines = vec![
         ("name", w.name.clone()),
@@ -242,6 +242,8 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
         ("memory", format_size(w.memory_bytes)),
         ("disk", w.disk_bytes.map_or_else(|| "-".into(), format_size)),
         ("idle stop", idle),
+        ("awake", awake(&w, now)),
+        ("apps", w.app_url.replace("{app}", "PORT")),
         ("created", format!("{} ({} ago)", w.created_at.format("%Y-%m-%d %H:%M:%S UTC"), age(w.created_at, now))),
         ("updated", format!("{} ago", age(w.updated_at, now))),
     ]);
@@ -306,8 +308,8 @@ pub struct SetArgs {
     memory: Option<String>,
     #[arg(long)]
     disk: Option<String>,
-    /// Minutes without activity before it is stopped; 0 for never.
-    #[arg(long)]
+    /// Time without activity before it is stopped: 90s, 30m, 2h; 0 for never.
+    #[arg(long, value_parser = cove_core::parse_duration)]
     idle_timeout: Option<u32>,
 }
 
@@ -323,7 +325,7 @@ pub async fn set(client: &Client, args: SetArgs) -> anyhow::Result<ExitCode> {
         body["disk"] = json!(v);
     }
     if let Some(v) = args.idle_timeout {
-        body["idle_timeout_minutes"] = json!(v);
+        body["idle_timeout_seconds"] = json!(v);
     }
     let ws: WorkspaceView =
         client.json(Method::PATCH, &format!("/api/v1/workspaces/{}", segment(&args.name)), Some(&body)).await?;
@@ -525,5 +527,82 @@ pub async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<Exi
 pub async fn status(client: &Client) -> anyhow::Result<ExitCode> {
     let status: Value = client.get("/api/v1/status").await?;
     println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why a running workspace is still up and when it will stop.
+fn awake(w: &WorkspaceView, now: chrono::DateTime<Utc>) -> String {
+    if w.actual_state != ActualState::Running {
+        return "-".into();
+    }
+    let why = match (&w.last_activity_at, &w.last_activity_kind) {
+        (Some(at), Some(kind)) if *at > w.updated_at => format!("last activity {} ago ({kind})", age(*at, now)),
+        _ => format!("started or changed {} ago, no activity since", age(w.updated_at, now)),
+    };
+    match w.idle_stop_at {
+        Some(at) if at > now => format!("{why}; stops in {} unless used", age(now, at)),
+        Some(_) => format!("{why}; stopping for idleness"),
+        None => format!("{why}; no idle stop"),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct OpenArgs {
+    name: String,
+    /// A port listening in the workspace (e.g. 8080) or an app name.
+    app: String,
+    /// Only print the address; do not start a browser.
+    #[arg(long)]
+    print: bool,
+}
+
+pub async fn open(client: &Client, args: OpenArgs) -> anyhow::Result<ExitCode> {
+    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", segment(&args.name))).await?;
+    let url = w.app_url.replace("{app}", &args.app);
+    println!("{url}");
+    if !args.print && std::io::stdout().is_terminal() && std::env::var_os("DISPLAY").is_some() {
+        // Best effort: a desktop without xdg-open still has the printed address.
+        let _ = std::process::Command::new("xdg-open").arg(&url).spawn();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct ShareArgs {
+    name: String,
+    /// A port (e.g. 8080) or an app name; without it, list the apps shared beyond the owner.
+    app: Option<String>,
+    /// owner (the default), authenticated (anyone logged in) or public (anyone).
+    level: Option<String>,
+}
+
+pub async fn share(client: &Client, args: ShareArgs) -> anyhow::Result<ExitCode> {
+    let base = format!("/api/v1/workspaces/{}/apps", segment(&args.name));
+    match (args.app, args.level) {
+        (Some(app), Some(level)) => {
+            let v: Value = client
+                .json(Method::PUT, &format!("{base}/{}", segment(&app)), Some(&json!({ "share": level })))
+                .await?;
+            eprintln!(
+                "{} {app}: {} ({})",
+                args.name,
+                v["share"].as_str().unwrap_or(&level),
+                v["url"].as_str().unwrap_or("")
+            );
+        }
+        (None, None) => {
+            let apps: Vec<Value> = client.get(&base).await?;
+            let rows: Vec<Vec<String>> = apps
+                .iter()
+                .map(|a| ["app", "share", "url"].iter().map(|k| a[*k].as_str().unwrap_or("").to_string()).collect())
+                .collect();
+            if rows.is_empty() {
+                eprintln!("every app of {} is private to its owner", args.name);
+            } else {
+                println!("{}", table(&["APP", "SHARE", "URL"], &rows));
+            }
+        }
+        _ => bail!("give both an app and a level, e.g. `cove share {} 8080 public`", args.name),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: API, reconciler and store.
     Server(ServerArgs),
+    /// Run only the workspace proxy, next to a server on the same data directory.
+    Proxy(ProxyArgs),
     /// Log in to a Cove server and save its URL and a new token.
     Login(commands::LoginArgs),
     /// Build workspace images without a registry.
@@ -67,6 +69,10 @@ enum Remote {
     Exec(commands::ExecArgs),
     /// Print a workspace's container output.
     Logs(commands::LogsArgs),
+    /// Print (and open) the address of an app in a workspace: `cove open api 8080`.
+    Open(commands::OpenArgs),
+    /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
+    Share(commands::ShareArgs),
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
@@ -100,6 +106,41 @@ struct ServerArgs {
     /// Longest retry delay, in milliseconds, for a workspace whose last step failed.
     #[arg(long, default_value_t = 30_000)]
     max_backoff_ms: u64,
+    /// App hosts are `<app>--<workspace>--<owner>.<apps-domain>`; `localhost` needs no DNS.
+    #[arg(long, env = "COVE_APPS_DOMAIN", default_value = "localhost")]
+    apps_domain: String,
+    /// The dashboard's address as browsers reach it (default http://localhost:<port>).
+    #[arg(long, env = "COVE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds a script's request to a stopped workspace waits for it to start.
+    #[arg(long, default_value_t = 60)]
+    wake_wait: u32,
+    /// Milliseconds between checks for idle workspaces.
+    #[arg(long, default_value_t = 10_000)]
+    idle_check_interval_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7081")]
+    listen: SocketAddr,
+    /// The server's data directory (its database and ticket key).
+    #[arg(long, env = "COVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The container engine's API endpoint (default: detected, as for the server).
+    #[arg(long, env = "DOCKER_HOST")]
+    engine: Option<String>,
+    #[arg(long, env = "COVE_INSTANCE", hide = true)]
+    instance: Option<String>,
+    #[arg(long, env = "COVE_APPS_DOMAIN", default_value = "localhost")]
+    apps_domain: String,
+    /// The server's dashboard address, where browsers are sent to log in.
+    #[arg(long, env = "COVE_PUBLIC_URL", default_value = "http://localhost:7080")]
+    public_url: String,
+    /// Seconds a script's request to a stopped workspace waits for it to start.
+    #[arg(long, default_value_t = 60)]
+    wake_wait: u32,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (url, token) = (cli.url, cli.token);
     match cli.command {
         Command::Server(args) => server(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
         Command::Completions { shell } => {
@@ -150,31 +192,59 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Set(a) => commands::set(client, a).await,
         Remote::Exec(a) => commands::exec(client, a).await,
         Remote::Logs(a) => commands::logs(client, a).await,
+        Remote::Open(a) => commands::open(client, a).await,
+        Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
         Remote::Status => commands::status(client).await,
     }
 }
 
-async fn server(args: ServerArgs) -> anyhow::Result<()> {
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    init_logging();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => config::data_dir()?,
+    };
+    let mut config = cove_server::Config::new(args.listen, data_dir);
+    config.engine_endpoint = args.engine;
+    config.instance = args.instance;
+    config.apps_domain = args.apps_domain;
+    config.public_url = args.public_url.trim_end_matches('/').to_string();
+    config.wake_wait = std::time::Duration::from_secs(u64::from(args.wake_wait));
+    let proxy = cove_server::start_proxy(config).await?;
+    for note in &proxy.notes {
+        eprintln!("{note}");
+    }
+    println!("cove proxy listening on http://{}", proxy.addr);
+    proxy.run_until_signal().await
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => config::data_dir()?,
     };
-    let config = cove_server::Config {
-        listen: args.listen,
-        data_dir,
-        engine_endpoint: args.engine,
-        instance: args.instance,
-        default_image: args.default_image,
-        reconcile: cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms),
-    };
+    let mut config = cove_server::Config::new(args.listen, data_dir);
+    config.engine_endpoint = args.engine;
+    config.instance = args.instance;
+    config.default_image = args.default_image;
+    config.reconcile = cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms);
+    config.apps_domain = args.apps_domain;
+    config.public_url = args.public_url.unwrap_or_default().trim_end_matches('/').to_string();
+    config.wake_wait = std::time::Duration::from_secs(u64::from(args.wake_wait));
+    config.idle_check_interval = std::time::Duration::from_millis(args.idle_check_interval_ms.max(100));
+    config.activity_flush_interval = config.idle_check_interval.min(std::time::Duration::from_secs(5));
     let server = cove_server::start(config).await?;
     for note in &server.notes {
         eprintln!("{note}");

@@ -66,3 +66,37 @@ pub struct ApiToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// Who may open one app (port or named app) of a workspace through the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareLevel {
+    /// Only the workspace's owner (the default).
+    Owner,
+    /// Anyone logged in to this Cove.
+    Authenticated,
+    /// Anyone at all, without logging in.
+    Public,
+}
+
+impl ShareLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareLevel::Owner => "owner",
+            ShareLevel::Authenticated => "authenticated",
+            ShareLevel::Public => "public",
+        }
+    }
+}
+
+impl FromStr for ShareLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "owner" => Ok(ShareLevel::Owner),
+            "authenticated" => Ok(ShareLevel::Authenticated),
+            "public" => Ok(ShareLevel::Public),
+            _ => Err(format!("{s:?} is not a share level; use owner, authenticated or public")),
+        }
+    }
+}

@@ -13,10 +13,10 @@ pub mod resources;
 pub mod state;
 pub mod workspace;
 
-pub use auth::{hash_token, ApiToken, Role, User};
+pub use auth::{hash_token, ApiToken, Role, ShareLevel, User};
 pub use ids::{TokenId, UserId, WorkspaceId};
 pub use name::{Name, NameError};
 pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};
-pub use resources::{format_size, parse_size, Resources, ResourcesError};
+pub use resources::{format_duration, format_size, parse_duration, parse_size, Resources, ResourcesError};
 pub use state::{ActualState, DesiredState};
-pub use workspace::{Workspace, WorkspaceSpec, DEFAULT_IDLE_TIMEOUT_MINUTES};
+pub use workspace::{Workspace, WorkspaceSpec, DEFAULT_IDLE_TIMEOUT_SECONDS};

@@ -112,6 +112,36 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}")
 }
 
+/// Parses a duration with a unit: `90s`, `30m`, `2h`, `1d`, or `0`.
+pub fn parse_duration(input: &str) -> Result<u32, String> {
+    let s = input.trim().to_ascii_lowercase();
+    if s == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("{input:?} is not a duration; write a number with a unit: 90s, 30m, 2h, 1d (or 0)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(unit).and_then(|s| u32::try_from(s).ok()).ok_or_else(bad)
+}
+
+/// `30m`, `90s`, `2h`, `1d`: the largest exact unit.
+pub fn format_duration(seconds: u64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds >= size && seconds.is_multiple_of(size) {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +166,28 @@ mod tests {
         check_size("-1g", None);
         check_size("1e999g", None);
         check_size("two", None);
+    }
+
+    #[test]
+    fn durations() {
+        for (input, expected) in [
+            ("90s", Some(90)),
+            ("30m", Some(1800)),
+            ("2h", Some(7200)),
+            ("1d", Some(86_400)),
+            ("0", Some(0)),
+            ("30", None),
+            ("m", None),
+            ("-1m", None),
+            ("1y", None),
+            ("9999999999s", None),
+            ("99999999999999999999d", None),
+        ] {
+            assert_eq!(parse_duration(input).ok(), expected, "{input:?}");
+        }
+        assert_eq!(format_duration(1800), "30m");
+        assert_eq!(format_duration(90), "90s");
+        assert_eq!(format_duration(0), "0s");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{ActualState, DesiredState, Name, Resources, UserId, WorkspaceId};
 
-pub const DEFAULT_IDLE_TIMEOUT_MINUTES: u32 = 30;
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u32 = 30 * 60;
 pub const MAX_IMAGE_REF_LEN: usize = 255;
 
 /// The part of a workspace that decides how its container is made. When it changes,
@@ -51,8 +51,8 @@ pub struct Workspace {
     pub owner: UserId,
     pub owner_name: Name,
     pub spec: WorkspaceSpec,
-    /// Minutes without activity before the workspace is stopped; 0 means never.
-    pub idle_timeout_minutes: u32,
+    /// Seconds without activity before the workspace is stopped; 0 means never.
+    pub idle_timeout_seconds: u32,
     pub desired: DesiredState,
     pub actual: ActualState,
     /// Why the workspace is in its actual state, when that needs saying (a failed step).
@@ -61,6 +61,10 @@ pub struct Workspace {
     pub generation: i64,
     /// Bumped on every write of observed state; a write carrying an older one loses.
     pub actual_generation: i64,
+    /// The last thing a user did through Cove (a proxied request, an exec...), as last
+    /// flushed to the store; activity is batched, so this may lag a few seconds.
+    pub last_activity_at: Option<DateTime<Utc>>,
+    pub last_activity_kind: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

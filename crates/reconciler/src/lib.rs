@@ -59,9 +59,24 @@ pub struct PassStatus {
 pub struct Handle {
     poke: Arc<Notify>,
     status: watch::Receiver<PassStatus>,
+    changes: watch::Receiver<u64>,
 }
 
 impl Handle {
+    /// A handle to no loop, for a process that only writes wishes to the store (the
+    /// standalone proxy): the server's own loop picks them up on its next timed pass.
+    pub fn detached() -> Self {
+        let (_, status) = watch::channel(PassStatus::default());
+        let (_, changes) = watch::channel(0);
+        Self { poke: Arc::new(Notify::new()), status, changes }
+    }
+
+    /// Ticks on every observed state the loop writes, so caches of workspace state in the
+    /// same process can drop what they hold.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     /// Asks for a pass soon. Pokes arriving during a pass coalesce into one more pass.
     pub fn poke(&self) {
         self.poke.notify_one();
@@ -76,6 +91,7 @@ impl Handle {
 pub fn spawn(store: Arc<dyn Store>, backend: Arc<dyn Backend>, config: Config) -> Handle {
     let poke = Arc::new(Notify::new());
     let (status_tx, status) = watch::channel(PassStatus::default());
+    let (changes_tx, changes) = watch::channel(0u64);
     let reconciler = Arc::new(Reconciler {
         store,
         backend,
@@ -83,9 +99,10 @@ pub fn spawn(store: Arc<dyn Store>, backend: Arc<dyn Backend>, config: Config) -
         poke: poke.clone(),
         book: Mutex::new(Book::default()),
         status: status_tx,
+        changes: changes_tx,
     });
     tokio::spawn(reconciler.run());
-    Handle { poke, status }
+    Handle { poke, status, changes }
 }
 
 struct Reconciler {
@@ -95,6 +112,7 @@ struct Reconciler {
     poke: Arc<Notify>,
     book: Mutex<Book>,
     status: watch::Sender<PassStatus>,
+    changes: watch::Sender<u64>,
 }
 
 /// Per-workspace bookkeeping that lives only as long as the process: a restart forgets
@@ -271,7 +289,10 @@ impl Reconciler {
             Action::MarkRestarted => return self.mark_restarted(ws).await,
             Action::Forget => {
                 return match self.store.workspace_delete(ws.id).await {
-                    Ok(()) | Err(StoreError::NotFound) => Ok(()),
+                    Ok(()) | Err(StoreError::NotFound) => {
+                        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+                        Ok(())
+                    }
                     Err(e) => Err(Failure::store(e)),
                 };
             }
@@ -291,8 +312,9 @@ impl Reconciler {
     }
 
     async fn record(&self, ws: &Workspace, state: ActualState, message: Option<&str>, generation: i64) {
-        if let Err(e) = self.store.workspace_set_actual(ws.id, state, message, generation).await {
-            tracing::error!(workspace = %ws.name, error = %e, "could not record the observed state");
+        match self.store.workspace_set_actual(ws.id, state, message, generation).await {
+            Ok(_) => self.changes.send_modify(|n| *n = n.wrapping_add(1)),
+            Err(e) => tracing::error!(workspace = %ws.name, error = %e, "could not record the observed state"),
         }
     }
 

@@ -52,7 +52,7 @@ impl World {
                 owner: self.owner.id,
                 image: IMAGE.into(),
                 resources: Resources::default(),
-                idle_timeout_minutes: 30,
+                idle_timeout_seconds: 30,
                 desired,
             })
             .await
@@ -190,7 +190,7 @@ async fn a_missing_image_fails_with_a_clear_message() {
             owner: w.owner.id,
             image: "nowhere/none:1".into(),
             resources: Resources::default(),
-            idle_timeout_minutes: 30,
+            idle_timeout_seconds: 30,
             desired: DesiredState::Running,
         })
         .await

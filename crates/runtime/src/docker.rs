@@ -43,8 +43,12 @@ const PIDS_LIMIT: i64 = 4096;
 /// tool from taking all of it.
 const SCRATCH_OPTIONS: &str = "rw,nosuid,nodev,size=1g,mode=1777";
 /// Placeholder main process until the agent is injected: keeps the container alive,
-/// makes the project folder on the volume, and exits 0 on the stop signal.
-const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; echo \"cove: workspace $(hostname) started\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+/// makes the project folder on the volume, runs the user's `~/.cove/on-start` in the
+/// background if there is one (how a server in the workspace comes back after a wake),
+/// and exits 0 on the stop signal.
+const IDLE_COMMAND: &str = "mkdir -p \"$HOME/project\"; echo \"cove: workspace $(hostname) started\"; \
+    if [ -x \"$HOME/.cove/on-start\" ]; then \"$HOME/.cove/on-start\" >>\"$HOME/.cove/on-start.log\" 2>&1 & fi; \
+    trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 /// Upper bound for an exec's exit code to show up once its output has ended.
 const EXEC_EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -427,6 +431,22 @@ impl Backend for DockerBackend {
             })
         });
         Ok(events.chain(exit).boxed())
+    }
+
+    async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>> {
+        let container = self.container_of(id).await?;
+        let Some(name) = container.id else { return Ok(None) };
+        let inspect =
+            self.api().await?.inspect_container(&name, None).await.map_err(|e| self.container_error("inspect", e))?;
+        // Podman and Docker both fill the Networks map; the legacy top-level IPAddress is
+        // empty on Podman for non-default networks.
+        let networks = inspect.network_settings.and_then(|n| n.networks).unwrap_or_default();
+        let mut names: Vec<_> = networks.keys().cloned().collect();
+        names.sort();
+        Ok(names
+            .iter()
+            .filter_map(|n| networks.get(n)?.ip_address.as_deref()?.parse().ok())
+            .find(|ip: &std::net::IpAddr| !ip.is_unspecified()))
     }
 
     async fn logs(&self, id: WorkspaceId, options: LogOptions) -> Result<LogStream> {

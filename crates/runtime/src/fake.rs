@@ -29,6 +29,7 @@ pub enum FakeOp {
     RemoveVolume,
     Exec,
     Logs,
+    Address,
 }
 
 /// One call made to the fake, in order.
@@ -274,6 +275,13 @@ impl Backend for FakeBackend {
         let line = format!("{}\n", request.cmd.join(" "));
         let events = vec![Ok(ExecEvent::Stdout(Bytes::from(line))), Ok(ExecEvent::Exit(0))];
         Ok(futures::stream::iter(events).boxed())
+    }
+
+    /// Loopback while running, so tests can point the proxy at a server of their own.
+    async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>> {
+        let mut state = self.enter(FakeOp::Address, Some(id))?;
+        let c = container_mut(&mut state, id)?;
+        Ok((c.state == ContainerState::Running).then_some(std::net::IpAddr::from([127, 0, 0, 1])))
     }
 
     /// One line naming the container's state; `follow` is ignored.

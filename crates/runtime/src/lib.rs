@@ -135,4 +135,6 @@ pub trait Backend: Send + Sync + 'static {
     async fn exec(&self, id: WorkspaceId, request: ExecRequest) -> Result<ExecStream>;
     /// The main process's stdout and stderr, interleaved as written.
     async fn logs(&self, id: WorkspaceId, options: LogOptions) -> Result<LogStream>;
+    /// The address the proxy reaches the running container at; `None` while it has none.
+    async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>>;
 }

@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workspaces/{ws}", get(get_workspace).patch(patch_workspace).delete(delete_workspace))
         .route("/api/v1/workspaces/{ws}/exec", post(exec))
         .route("/api/v1/workspaces/{ws}/logs", get(logs))
+        .route("/api/v1/workspaces/{ws}/apps", get(list_apps))
+        .route("/api/v1/workspaces/{ws}/apps/{app}", axum::routing::put(share_app))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -218,7 +220,7 @@ async fn list_workspaces(
     } else {
         state.store.workspace_list_by_owner(caller.0.id).await?
     };
-    Ok(Json(list.iter().map(WorkspaceView::from).collect()))
+    Ok(Json(list.iter().map(|w| workspaces::view(&state, w)).collect()))
 }
 
 async fn create_workspace(
@@ -227,7 +229,7 @@ async fn create_workspace(
     ApiJson(body): ApiJson<CreateWorkspace>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::create(&state, &user, body).await?;
-    Ok((StatusCode::CREATED, Json(WorkspaceView::from(&ws))))
+    Ok((StatusCode::CREATED, Json(workspaces::view(&state, &ws))))
 }
 
 async fn get_workspace(
@@ -236,7 +238,7 @@ async fn get_workspace(
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
-    Ok(Json(WorkspaceView::from(&ws)))
+    Ok(Json(workspaces::view(&state, &ws)))
 }
 
 async fn patch_workspace(
@@ -247,7 +249,7 @@ async fn patch_workspace(
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
     let ws = workspaces::patch(&state, ws, body).await?;
-    Ok(Json(WorkspaceView::from(&ws)))
+    Ok(Json(workspaces::view(&state, &ws)))
 }
 
 async fn delete_workspace(
@@ -257,7 +259,7 @@ async fn delete_workspace(
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
     let ws = workspaces::delete(&state, ws).await?;
-    Ok((StatusCode::ACCEPTED, Json(WorkspaceView::from(&ws))))
+    Ok((StatusCode::ACCEPTED, Json(workspaces::view(&state, &ws))))
 }
 
 async fn exec(
@@ -278,6 +280,7 @@ async fn exec(
         return Err(ApiError::InvalidRequest(format!("env entry {bad:?} must look like KEY=value")));
     }
     let request = ExecRequest { cmd: body.cmd, env: body.env, workdir: body.workdir, user: None };
+    state.activity.record(ws.id, "exec");
     let events = state.backend.exec(ws.id, request).await.map_err(|e| workspaces::backend_error(&ws, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let lines = events.map(move |event| {
@@ -319,4 +322,35 @@ async fn logs(
         .take_while(|r| futures::future::ready(r.is_ok()))
         .filter_map(|r| async { r.ok().map(Ok::<_, Infallible>) });
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response())
+}
+
+fn app_view(state: &AppState, ws: &cove_core::Workspace, app: String, share: cove_core::ShareLevel) -> AppView {
+    let url = state.config.app_url(&app, ws.name.as_str(), ws.owner_name.as_str());
+    AppView { app, share, url }
+}
+
+async fn list_apps(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+) -> Result<Json<Vec<AppView>>, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let shares = state.store.app_share_list(ws.id).await?;
+    Ok(Json(shares.into_iter().map(|(app, share)| app_view(&state, &ws, app, share)).collect()))
+}
+
+async fn share_app(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path((key, app)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ShareBody>,
+) -> Result<Json<AppView>, ApiError> {
+    let ws = workspaces::resolve(&state, &user, &key).await?;
+    if ws.owner != user.id && user.role != Role::Admin {
+        return Err(ApiError::Forbidden(format!("only the owner of workspace {} may share its apps", ws.name)));
+    }
+    let app = workspaces::app_name(&app)?;
+    state.store.app_share_set(ws.id, &app, body.share).await?;
+    state.routes.invalidate();
+    Ok(Json(app_view(&state, &ws, app, body.share)))
 }

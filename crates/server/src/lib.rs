@@ -3,10 +3,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod gate;
 pub mod openapi;
+pub mod pages;
+pub mod tickets;
 pub mod views;
 pub mod workspaces;
 
@@ -34,6 +39,56 @@ pub struct Config {
     pub instance: Option<String>,
     pub default_image: String,
     pub reconcile: cove_reconciler::Config,
+    /// App hosts are `<app>--<workspace>--<owner>.<apps_domain>`.
+    pub apps_domain: String,
+    /// The dashboard's origin as browsers reach it; empty for `http://localhost:<port>`.
+    pub public_url: String,
+    /// How long a script's request to a stopped workspace waits for it to start.
+    pub wake_wait: std::time::Duration,
+    pub activity_flush_interval: std::time::Duration,
+    pub idle_check_interval: std::time::Duration,
+}
+
+impl Config {
+    /// Sensible defaults around the given listen address and data directory.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            engine_endpoint: None,
+            instance: None,
+            default_image: DEFAULT_IMAGE.into(),
+            reconcile: cove_reconciler::Config::default(),
+            apps_domain: "localhost".into(),
+            public_url: String::new(),
+            wake_wait: std::time::Duration::from_secs(60),
+            activity_flush_interval: std::time::Duration::from_secs(5),
+            idle_check_interval: std::time::Duration::from_secs(10),
+        }
+    }
+
+    pub fn forwarded_proto(&self) -> &'static str {
+        if self.public_url.starts_with("https:") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `localhost:7080`: the apps domain with the public port, as app URLs use it.
+    pub fn apps_authority(&self) -> String {
+        let after_scheme = self.public_url.split_once("://").map_or(self.public_url.as_str(), |(_, r)| r);
+        let authority = after_scheme.split('/').next().unwrap_or("");
+        match authority.rsplit_once(':') {
+            Some((_, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{}:{port}", self.apps_domain),
+            _ => self.apps_domain.clone(),
+        }
+    }
+
+    /// The URL of one app of a workspace, e.g. `http://8080--api--ada.localhost:7080/`.
+    pub fn app_url(&self, app: &str, workspace: &str, owner: &str) -> String {
+        format!("{}://{app}--{workspace}--{owner}.{}/", self.forwarded_proto(), self.apps_authority())
+    }
 }
 
 /// What every handler can reach.
@@ -44,6 +99,10 @@ pub struct AppState {
     pub reconciler: Handle,
     pub config: Arc<Config>,
     pub instance: String,
+    pub routes: Arc<gate::RouteCache>,
+    pub activity: Arc<activity::Activity>,
+    pub signer: Arc<tickets::Signer>,
+    pub metrics: Arc<cove_proxy::Metrics>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -97,13 +156,133 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Ok(info) => notes.push(format!("container engine: {} {} at {}", info.kind, info.version, info.endpoint)),
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
     }
-    let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
-    let state = AppState { store, backend, reconciler, config: Arc::new(config.clone()), instance };
+    let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    let serve = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut config = config;
+    if config.public_url.is_empty() {
+        config.public_url = format!("http://localhost:{}", addr.port());
+    }
+    let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
+    let metrics = Arc::new(cove_proxy::Metrics::default());
+    let routes: Arc<gate::RouteCache> = Arc::default();
+    routes.follow(reconciler.changes());
+    let activity = Arc::new(activity::Activity::default());
+    activity::spawn(
+        store.clone(),
+        activity.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+        routes.clone(),
+        activity::IdleConfig {
+            flush_interval: config.activity_flush_interval,
+            check_interval: config.idle_check_interval,
+            stop_idle: true,
+        },
+    );
+    let state = AppState {
+        store,
+        backend,
+        reconciler,
+        config: Arc::new(config.clone()),
+        instance,
+        routes,
+        activity: activity.clone(),
+        signer: signer.clone(),
+        metrics: metrics.clone(),
+    };
+    notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
+    let proxy = Arc::new(proxy_for(state.clone()));
+    let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let serve = tokio::spawn(async move { cove_proxy::serve(listener, proxy, app).await });
+    Ok(Server { addr, notes, serve, _engine: engine })
+}
+
+/// Everything served on the dashboard's origin: the API and the pages.
+pub fn router(state: AppState) -> axum::Router {
+    api::router(state.clone()).merge(dashboard::router().with_state(state))
+}
+
+/// The proxy for app hosts, deciding through the gate.
+pub fn proxy_for(state: AppState) -> cove_proxy::Proxy {
+    let config = cove_proxy::Config {
+        apps_domain: state.config.apps_domain.clone(),
+        forwarded_proto: state.config.forwarded_proto().to_string(),
+    };
+    let gate = gate::AppGate::new(state.clone(), state.signer.clone(), state.activity.clone(), state.metrics.clone());
+    cove_proxy::Proxy::new(config, Arc::new(gate), state.metrics.clone())
+}
+
+/// `cove proxy`: the workspace proxy alone, on the server's data directory. It shares the
+/// store and the ticket key with the server; it wakes workspaces by writing their desired
+/// state, which the server's reconciler acts on at its next pass, and it records activity.
+/// The server stays the only process that reconciles and stops idle workspaces.
+pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
+    let db_path = config.data_dir.join("cove.db");
+    if !db_path.exists() {
+        anyhow::bail!("no Cove database at {}; start `cove server` with this data directory first", db_path.display());
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db_path).await.with_context(|| format!("cannot open the database {}", db_path.display()))?,
+    );
+    let instance = match &config.instance {
+        Some(i) => i.clone(),
+        None => store.instance_id().await?,
+    };
+    let engine =
+        engine::connect(&EngineConfig { endpoint: config.engine_endpoint.clone(), state_dir: config.data_dir.clone() })
+            .await?;
+    let mut notes: Vec<String> = engine.note.iter().cloned().collect();
+    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
+    let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
+    if config.public_url.is_empty() {
+        anyhow::bail!("give the server's address with --public-url, so that logins can be sent there");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(cove_proxy::Metrics::default());
+    let activity = Arc::new(activity::Activity::default());
+    // This process does not see the server's reconciler at work: no caching of state.
+    let routes = Arc::new(gate::RouteCache::with_ttl(std::time::Duration::ZERO));
+    let reconciler = Handle::detached();
+    activity::spawn(
+        store.clone(),
+        activity.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+        routes.clone(),
+        activity::IdleConfig {
+            flush_interval: config.activity_flush_interval,
+            check_interval: config.idle_check_interval,
+            stop_idle: false,
+        },
+    );
+    let state = AppState {
+        store,
+        backend,
+        reconciler,
+        config: Arc::new(config.clone()),
+        instance,
+        routes,
+        activity,
+        signer,
+        metrics: metrics.clone(),
+    };
+    notes.push(format!("proxying {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
+    let proxy = Arc::new(proxy_for(state));
+    let fallback = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
+        .fallback(|| async { pages::not_found() });
+    let serve = tokio::spawn(async move { cove_proxy::serve(listener, proxy, fallback).await });
     Ok(Server { addr, notes, serve, _engine: engine })
 }

@@ -21,6 +21,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/workspaces/{ws}"),
     ("post", "/api/v1/workspaces/{ws}/exec"),
     ("get", "/api/v1/workspaces/{ws}/logs"),
+    ("get", "/api/v1/workspaces/{ws}/apps"),
+    ("put", "/api/v1/workspaces/{ws}/apps/{app}"),
 ];
 
 fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'static str) {
@@ -56,6 +58,12 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             "a stream of frames",
         ),
         ("get", "/api/v1/workspaces/{ws}/logs") => ("The container's output; `?follow=true&tail=N`", None, "text"),
+        ("get", "/api/v1/workspaces/{ws}/apps") => {
+            ("The apps of a workspace that have a share level other than owner", None, "apps")
+        }
+        ("put", "/api/v1/workspaces/{ws}/apps/{app}") => {
+            ("Set who may open an app (a port or a name): owner, authenticated or public", Some("Share"), "the app")
+        }
         _ => ("", None, ""),
     }
 }
@@ -72,7 +80,12 @@ pub fn document() -> Value {
                 "5XX": { "description": "a server or engine error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
         });
-        if path.contains("{ws}") {
+        if path.contains("{app}") {
+            op["parameters"] = json!([
+                { "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } },
+                { "name": "app", "in": "path", "required": true, "description": "a port number or an app name", "schema": { "type": "string" } }
+            ]);
+        } else if path.contains("{ws}") {
             op["parameters"] = json!([{ "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } }]);
         } else if path.contains("{id}") {
             op["parameters"] =
@@ -104,10 +117,11 @@ pub fn document() -> Value {
                     "name": { "type": "string", "pattern": "^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$" },
                     "image": { "type": "string" }, "cpus": { "type": "number", "minimum": 0.1, "maximum": 64 },
                     "memory": size, "disk": size,
-                    "idle_timeout_minutes": { "type": "integer", "minimum": 0 }, "start": { "type": "boolean" } } },
+                    "idle_timeout_seconds": { "type": "integer", "minimum": 0 }, "start": { "type": "boolean" } } },
                 "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
                     "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
-                    "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_minutes": { "type": "integer" } } },
+                    "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_seconds": { "type": "integer" } } },
+                "Share": { "type": "object", "required": ["share"], "properties": { "share": { "enum": ["owner", "authenticated", "public"] } } },
                 "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },
             }
         }

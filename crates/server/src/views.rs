@@ -2,7 +2,7 @@
 //! without silently changing the other.
 
 use chrono::{DateTime, Utc};
-use cove_core::{ActualState, ApiToken, DesiredState, Role, User, Workspace};
+use cove_core::{ActualState, ApiToken, DesiredState, Role, ShareLevel, User, Workspace};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -14,7 +14,7 @@ pub struct WorkspaceView {
     pub cpus: f64,
     pub memory_bytes: u64,
     pub disk_bytes: Option<u64>,
-    pub idle_timeout_minutes: u32,
+    pub idle_timeout_seconds: u32,
     pub desired_state: DesiredState,
     pub actual_state: ActualState,
     pub message: Option<String>,
@@ -22,6 +22,13 @@ pub struct WorkspaceView {
     pub actual_generation: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The last thing a user did through Cove, and what it was (http, websocket, exec).
+    pub last_activity_at: Option<DateTime<Utc>>,
+    pub last_activity_kind: Option<String>,
+    /// When the idle stop will stop it if nothing happens; `None` when it will not.
+    pub idle_stop_at: Option<DateTime<Utc>>,
+    /// Its apps' address, with `{app}` standing for a port or app name.
+    pub app_url: String,
 }
 
 impl From<&Workspace> for WorkspaceView {
@@ -34,7 +41,7 @@ impl From<&Workspace> for WorkspaceView {
             cpus: w.spec.resources.cpus(),
             memory_bytes: w.spec.resources.memory_bytes,
             disk_bytes: w.spec.resources.disk_bytes,
-            idle_timeout_minutes: w.idle_timeout_minutes,
+            idle_timeout_seconds: w.idle_timeout_seconds,
             desired_state: w.desired,
             actual_state: w.actual,
             message: w.message.clone(),
@@ -42,8 +49,25 @@ impl From<&Workspace> for WorkspaceView {
             actual_generation: w.actual_generation,
             created_at: w.created_at,
             updated_at: w.updated_at,
+            last_activity_at: w.last_activity_at,
+            last_activity_kind: w.last_activity_kind.clone(),
+            idle_stop_at: None,
+            app_url: String::new(),
         }
     }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AppView {
+    pub app: String,
+    pub share: ShareLevel,
+    pub url: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ShareBody {
+    pub share: ShareLevel,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -97,7 +121,7 @@ pub struct CreateWorkspace {
     pub cpus: Option<f64>,
     pub memory: Option<Size>,
     pub disk: Option<Size>,
-    pub idle_timeout_minutes: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
     /// Create it stopped when false (default true).
     pub start: Option<bool>,
 }
@@ -109,7 +133,7 @@ pub struct PatchWorkspace {
     pub cpus: Option<f64>,
     pub memory: Option<Size>,
     pub disk: Option<Size>,
-    pub idle_timeout_minutes: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -3,7 +3,7 @@
 
 use cove_core::workspace::validate_image;
 use cove_core::{
-    parse_size, DesiredState, Name, Resources, Role, User, Workspace, WorkspaceId, DEFAULT_IDLE_TIMEOUT_MINUTES,
+    parse_size, DesiredState, Name, Resources, Role, User, Workspace, WorkspaceId, DEFAULT_IDLE_TIMEOUT_SECONDS,
 };
 use cove_runtime::BackendError;
 use cove_store::{NewWorkspace, StoreError, WorkspacePatch};
@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::views::{CreateWorkspace, PatchWorkspace, Size};
 use crate::AppState;
 
-pub const MAX_IDLE_TIMEOUT_MINUTES: u32 = 7 * 24 * 60;
+pub const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 60;
 
 /// Finds a workspace by the caller's name for it, or by id. Another user's workspace is
 /// "not found" (not "forbidden") unless the caller is an admin: ids must not leak.
@@ -41,13 +41,14 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
         req.memory.map_or(Ok(defaults.memory_bytes), size)?,
         req.disk.map(size).transpose()?,
     )?;
-    let idle_timeout_minutes = idle_timeout(req.idle_timeout_minutes.unwrap_or(DEFAULT_IDLE_TIMEOUT_MINUTES))?;
+    let idle_timeout_seconds = idle_timeout(req.idle_timeout_seconds.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS))?;
     let desired = if req.start.unwrap_or(true) { DesiredState::Running } else { DesiredState::Stopped };
     let ws = state
         .store
-        .workspace_create(NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_minutes, desired })
+        .workspace_create(NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired })
         .await?;
     tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace created");
+    state.routes.invalidate();
     state.reconciler.poke();
     Ok(ws)
 }
@@ -75,14 +76,15 @@ pub async fn patch(state: &AppState, ws: Workspace, req: PatchWorkspace) -> Resu
     } else {
         None
     };
-    let idle_timeout_minutes = req.idle_timeout_minutes.map(idle_timeout).transpose()?;
-    if req.desired_state.is_none() && resources.is_none() && idle_timeout_minutes.is_none() {
+    let idle_timeout_seconds = req.idle_timeout_seconds.map(idle_timeout).transpose()?;
+    if req.desired_state.is_none() && resources.is_none() && idle_timeout_seconds.is_none() {
         return Err(ApiError::InvalidRequest(
-            "nothing to change; give desired_state, cpus, memory, disk or idle_timeout_minutes".into(),
+            "nothing to change; give desired_state, cpus, memory, disk or idle_timeout_seconds".into(),
         ));
     }
-    let patch = WorkspacePatch { desired: req.desired_state, resources, idle_timeout_minutes };
+    let patch = WorkspacePatch { desired: req.desired_state, resources, idle_timeout_seconds };
     let ws = state.store.workspace_patch(ws.id, patch, None).await?;
+    state.routes.invalidate();
     state.reconciler.poke();
     Ok(ws)
 }
@@ -94,8 +96,37 @@ pub async fn delete(state: &AppState, ws: Workspace) -> Result<Workspace, ApiErr
     let patch = WorkspacePatch { desired: Some(DesiredState::Terminated), ..Default::default() };
     let ws = state.store.workspace_patch(ws.id, patch, None).await?;
     tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace deletion requested");
+    state.routes.invalidate();
     state.reconciler.poke();
     Ok(ws)
+}
+
+/// The API's view of a workspace, with what only the server knows: its app address and
+/// when the idle stop will come.
+pub fn view(state: &AppState, ws: &Workspace) -> crate::views::WorkspaceView {
+    let mut v = crate::views::WorkspaceView::from(ws);
+    v.app_url = state.config.app_url("{app}", ws.name.as_str(), ws.owner_name.as_str());
+    if ws.actual == cove_core::ActualState::Running {
+        let pending = state.activity.pending(ws.id).map(|(at, _)| at);
+        v.idle_stop_at = crate::activity::idle_stop_at(ws, pending);
+        if let Some((at, kind)) = state.activity.pending(ws.id) {
+            v.last_activity_at = Some(at);
+            v.last_activity_kind = Some(kind.to_string());
+        }
+    }
+    v
+}
+
+/// Checks an app name from a URL: a port number or a name like a workspace's.
+pub fn app_name(app: &str) -> Result<String, ApiError> {
+    if let Ok(port) = app.parse::<u16>() {
+        if port > 0 {
+            return Ok(port.to_string());
+        }
+    }
+    Name::parse(app).map(|n| n.to_string()).map_err(|_| {
+        ApiError::InvalidRequest(format!("app {app:?} must be a port (1-65535) or a name like code or term"))
+    })
 }
 
 fn resources(cpus: f64, memory: u64, disk: Option<u64>) -> Result<Resources, ApiError> {
@@ -109,13 +140,13 @@ fn size(s: Size) -> Result<u64, ApiError> {
     }
 }
 
-fn idle_timeout(minutes: u32) -> Result<u32, ApiError> {
-    if minutes > MAX_IDLE_TIMEOUT_MINUTES {
+fn idle_timeout(seconds: u32) -> Result<u32, ApiError> {
+    if seconds > MAX_IDLE_TIMEOUT_SECONDS {
         return Err(ApiError::InvalidRequest(format!(
-            "idle_timeout_minutes must be at most {MAX_IDLE_TIMEOUT_MINUTES} (a week); use 0 for never"
+            "idle_timeout_seconds must be at most {MAX_IDLE_TIMEOUT_SECONDS} (a week); use 0 for never"
         )));
     }
-    Ok(minutes)
+    Ok(seconds)
 }
 
 /// Engine failures seen while serving a request on a workspace (exec, logs).

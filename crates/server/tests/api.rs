@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cove_core::{Name, Role};
 use cove_runtime::FakeBackend;
-use cove_server::{api, auth, openapi, AppState, Config};
+use cove_server::{auth, openapi, AppState, Config};
 use cove_store::{NewUser, SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -38,16 +38,22 @@ async fn api() -> Api {
     fake.add_image("img:1");
     let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
     let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        engine_endpoint: None,
-        instance: None,
-        default_image: "img:1".into(),
-        reconcile,
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    config.default_image = "img:1".into();
+    config.reconcile = reconcile;
+    config.public_url = "http://localhost:7080".into();
+    let state = AppState {
+        store,
+        backend: fake,
+        reconciler,
+        config: Arc::new(config),
+        instance: "test".into(),
+        routes: Arc::default(),
+        activity: Arc::default(),
+        signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
+        metrics: Arc::default(),
     };
-    let state = AppState { store, backend: fake, reconciler, config: Arc::new(config), instance: "test".into() };
-    Api { router: api::router(state), token, _dir: dir }
+    Api { router: cove_server::router(state), token, _dir: dir }
 }
 
 impl Api {
@@ -75,7 +81,7 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, openapi::ROUTES.len());
     for (method, path) in openapi::ROUTES {
-        let concrete = path.replace("{ws}", "nope").replace("{id}", "nope");
+        let concrete = path.replace("{ws}", "nope").replace("{id}", "nope").replace("{app}", "8080");
         let (status, body) = api.call(&method.to_uppercase(), &concrete, None).await;
         let message = body["error"]["message"].as_str().unwrap_or("");
         assert!(
@@ -108,7 +114,7 @@ async fn create_validates_and_defaults() {
     check(json!({"name": "ok", "cpus": 0}), StatusCode::BAD_REQUEST, "cpus").await;
     check(json!({"name": "ok", "memory": "9t"}), StatusCode::BAD_REQUEST, "memory").await;
     check(json!({"name": "ok", "memory": true}), StatusCode::BAD_REQUEST, "").await;
-    check(json!({"name": "ok", "idle_timeout_minutes": 1_000_000}), StatusCode::BAD_REQUEST, "at most").await;
+    check(json!({"name": "ok", "idle_timeout_seconds": 1_000_000}), StatusCode::BAD_REQUEST, "at most").await;
     check(json!({"name": "ok", "image": ""}), StatusCode::BAD_REQUEST, "image must not be empty").await;
     let (_, list) = api.call("GET", "/api/v1/workspaces", None).await;
     assert_eq!(list, json!([]));
@@ -117,7 +123,7 @@ async fn create_validates_and_defaults() {
     assert_eq!(v["image"], "img:1");
     assert_eq!(v["cpus"], 2.0);
     assert_eq!(v["memory_bytes"], 1073741824u64);
-    assert_eq!(v["idle_timeout_minutes"], 30);
+    assert_eq!(v["idle_timeout_seconds"], 1800);
     assert_eq!(v["desired_state"], "Running");
     assert_eq!(v["actual_state"], "CreationRequested");
     check(json!({"name": "ok"}), StatusCode::CONFLICT, "already exists").await;
@@ -132,8 +138,8 @@ async fn patch_and_delete() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, _) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"desired_state": "Terminated"}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"cpus": 4, "idle_timeout_minutes": 0}))).await;
-    assert_eq!((s, v["cpus"].as_f64(), v["idle_timeout_minutes"].as_u64()), (StatusCode::OK, Some(4.0), Some(0)));
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"cpus": 4, "idle_timeout_seconds": 0}))).await;
+    assert_eq!((s, v["cpus"].as_f64(), v["idle_timeout_seconds"].as_u64()), (StatusCode::OK, Some(4.0), Some(0)));
     assert_eq!(v["generation"], 2);
     let (s, v) = api.call("DELETE", "/api/v1/workspaces/w", None).await;
     assert_eq!((s, v["desired_state"].as_str()), (StatusCode::ACCEPTED, Some("Terminated")));

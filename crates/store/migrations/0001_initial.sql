@@ -42,7 +42,7 @@ CREATE TABLE workspaces (
     cpus_milli           INTEGER NOT NULL CHECK (cpus_milli > 0),
     memory_bytes         INTEGER NOT NULL CHECK (memory_bytes > 0),
     disk_bytes           INTEGER CHECK (disk_bytes > 0),
-    idle_timeout_minutes INTEGER NOT NULL CHECK (idle_timeout_minutes >= 0),
+    idle_timeout_seconds INTEGER NOT NULL CHECK (idle_timeout_seconds >= 0),
     desired              TEXT NOT NULL CHECK (desired IN (
         'Running', 'Stopped', 'RestartRequested', 'Terminated'
     )),

@@ -11,7 +11,8 @@ mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cove_core::{
-    ActualState, ApiToken, DesiredState, Name, Resources, Role, TokenId, User, UserId, Workspace, WorkspaceId,
+    ActualState, ApiToken, DesiredState, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace,
+    WorkspaceId,
 };
 
 pub use sqlite::SqliteStore;
@@ -53,7 +54,7 @@ pub struct NewWorkspace {
     pub owner: UserId,
     pub image: String,
     pub resources: Resources,
-    pub idle_timeout_minutes: u32,
+    pub idle_timeout_seconds: u32,
     pub desired: DesiredState,
 }
 
@@ -62,7 +63,7 @@ pub struct NewWorkspace {
 pub struct WorkspacePatch {
     pub desired: Option<DesiredState>,
     pub resources: Option<Resources>,
-    pub idle_timeout_minutes: Option<u32>,
+    pub idle_timeout_seconds: Option<u32>,
 }
 
 #[async_trait]
@@ -118,4 +119,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Removes the record: the last step of termination. `NotFound` if already gone.
     async fn workspace_delete(&self, id: WorkspaceId) -> Result<()>;
+
+    /// Records batched activity: each entry moves `last_activity_at` forward (never back)
+    /// and sets its kind. Unknown ids are skipped.
+    async fn workspace_record_activity(&self, entries: &[(WorkspaceId, DateTime<Utc>, String)]) -> Result<()>;
+
+    /// The share level of one app of a workspace, if one was set.
+    async fn app_share_get(&self, workspace: WorkspaceId, app: &str) -> Result<Option<ShareLevel>>;
+    /// Every app of a workspace with a share level set, by app name.
+    async fn app_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(String, ShareLevel)>>;
+    /// Sets an app's share level; `Owner` removes the entry (it is the default).
+    async fn app_share_set(&self, workspace: WorkspaceId, app: &str, share: ShareLevel) -> Result<()>;
 }

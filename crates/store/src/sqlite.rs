@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use cove_core::{ActualState, ApiToken, Name, Resources, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec};
+use cove_core::{
+    ActualState, ApiToken, Name, Resources, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -30,9 +32,9 @@ const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, 
      t.created_at AS token_created_at, t.expires_at, t.last_used_at";
 
 const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
-     w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_minutes, \
+     w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_seconds, \
      w.desired, w.actual, w.message, w.generation, w.actual_generation, \
-     w.created_at, w.updated_at \
+     w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind \
      FROM workspaces w JOIN users u ON u.id = w.owner_id";
 
 #[derive(Clone, Debug)]
@@ -204,7 +206,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO workspaces (id, name, owner_id, image, cpus_milli, memory_bytes, \
-             disk_bytes, idle_timeout_minutes, desired, actual, message, generation, \
+             disk_bytes, idle_timeout_seconds, desired, actual, message, generation, \
              actual_generation, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?)",
         )
@@ -215,7 +217,7 @@ impl Store for SqliteStore {
         .bind(i64::from(new.resources.cpus_milli))
         .bind(db_int(new.resources.memory_bytes))
         .bind(new.resources.disk_bytes.map(db_int))
-        .bind(i64::from(new.idle_timeout_minutes))
+        .bind(i64::from(new.idle_timeout_seconds))
         .bind(new.desired.as_str())
         .bind(ActualState::CreationRequested.as_str())
         .bind(now)
@@ -276,7 +278,7 @@ impl Store for SqliteStore {
                  cpus_milli = COALESCE(?2, cpus_milli), \
                  memory_bytes = COALESCE(?3, memory_bytes), \
                  disk_bytes = CASE WHEN ?4 THEN ?5 ELSE disk_bytes END, \
-                 idle_timeout_minutes = COALESCE(?6, idle_timeout_minutes), \
+                 idle_timeout_seconds = COALESCE(?6, idle_timeout_seconds), \
                  generation = generation + 1, \
                  updated_at = ?7 \
              WHERE id = ?8 AND (?9 IS NULL OR generation = ?9)",
@@ -286,7 +288,7 @@ impl Store for SqliteStore {
         .bind(resources.map(|r| db_int(r.memory_bytes)))
         .bind(resources.is_some())
         .bind(resources.and_then(|r| r.disk_bytes).map(db_int))
-        .bind(patch.idle_timeout_minutes.map(i64::from))
+        .bind(patch.idle_timeout_seconds.map(i64::from))
         .bind(now().timestamp_millis())
         .bind(id.to_string())
         .bind(expected_generation)
@@ -340,6 +342,60 @@ impl Store for SqliteStore {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
+        Ok(())
+    }
+
+    async fn workspace_record_activity(&self, entries: &[(WorkspaceId, DateTime<Utc>, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at, kind) in entries {
+            sqlx::query(
+                "UPDATE workspaces SET last_activity_at = ?1, last_activity_kind = ?2 \
+                 WHERE id = ?3 AND (last_activity_at IS NULL OR last_activity_at < ?1)",
+            )
+            .bind(at.timestamp_millis())
+            .bind(kind)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn app_share_get(&self, workspace: WorkspaceId, app: &str) -> Result<Option<ShareLevel>> {
+        let share: Option<String> =
+            sqlx::query_scalar("SELECT share FROM workspace_apps WHERE workspace_id = ? AND app = ?")
+                .bind(workspace.to_string())
+                .bind(app)
+                .fetch_optional(&self.pool)
+                .await?;
+        share.map(|s| s.parse().map_err(StoreError::Corrupt)).transpose()
+    }
+
+    async fn app_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(String, ShareLevel)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT app, share FROM workspace_apps WHERE workspace_id = ? ORDER BY app")
+                .bind(workspace.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|(app, share)| Ok((app, share.parse().map_err(StoreError::Corrupt)?))).collect()
+    }
+
+    async fn app_share_set(&self, workspace: WorkspaceId, app: &str, share: ShareLevel) -> Result<()> {
+        let query = match share {
+            ShareLevel::Owner => sqlx::query("DELETE FROM workspace_apps WHERE workspace_id = ?1 AND app = ?2"),
+            _ => sqlx::query(
+                "INSERT INTO workspace_apps (workspace_id, app, share) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (workspace_id, app) DO UPDATE SET share = excluded.share",
+            ),
+        };
+        query
+            .bind(workspace.to_string())
+            .bind(app)
+            .bind(share.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| insert_error(e, || format!("app {app} cannot be shared")))?;
         Ok(())
     }
 }
@@ -410,7 +466,7 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
                 disk_bytes: optional_int(row, "disk_bytes")?,
             },
         },
-        idle_timeout_minutes: int(row, "idle_timeout_minutes")?,
+        idle_timeout_seconds: int(row, "idle_timeout_seconds")?,
         desired: text(row, "desired", str::parse)?,
         actual: text(row, "actual", str::parse)?,
         message: row.try_get("message")?,
@@ -418,6 +474,8 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         actual_generation: row.try_get("actual_generation")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
+        last_activity_at: optional_time(row, "last_activity_at")?,
+        last_activity_kind: row.try_get("last_activity_kind")?,
     })
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use cove_core::{ActualState, DesiredState, Name, Resources, Role, User, UserId, Workspace, WorkspaceId};
+use cove_core::{ActualState, DesiredState, Name, Resources, Role, ShareLevel, User, UserId, Workspace, WorkspaceId};
 use cove_store::{NewToken, NewUser, NewWorkspace, SqliteStore, Store, StoreError, WorkspacePatch};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -68,7 +68,7 @@ fn new_workspace(owner: UserId, workspace_name: &str) -> NewWorkspace {
         owner,
         image: "ghcr.io/cove/base:1".into(),
         resources: Resources { cpus_milli: 1500, memory_bytes: 2 * GIB, disk_bytes: Some(10 * GIB) },
-        idle_timeout_minutes: 45,
+        idle_timeout_seconds: 45,
         desired: DesiredState::Running,
     }
 }
@@ -118,7 +118,7 @@ async fn workspace_create_get_and_list() {
     assert_eq!(web.name, name("web"));
     assert_eq!((web.owner, &web.owner_name), (ada.id, &ada.name));
     assert_eq!((&web.spec.image, web.spec.resources), (&image, resources));
-    assert_eq!(web.idle_timeout_minutes, 45);
+    assert_eq!(web.idle_timeout_seconds, 45);
     assert_eq!((web.desired, web.actual), (DesiredState::Running, ActualState::CreationRequested));
     assert_eq!((web.generation, web.actual_generation), (1, 0));
     assert_eq!(web.message, None);
@@ -173,7 +173,7 @@ async fn workspace_patch_bumps_generation_and_checks_the_expected_one() {
     assert_eq!(stopped.generation, ws.generation + 1);
     assert_eq!(stopped.desired, DesiredState::Stopped);
     assert_eq!(stopped.spec, ws.spec);
-    assert_eq!(stopped.idle_timeout_minutes, ws.idle_timeout_minutes);
+    assert_eq!(stopped.idle_timeout_seconds, ws.idle_timeout_seconds);
     assert!(stopped.updated_at >= ws.updated_at);
     assert_eq!(stopped.created_at, ws.created_at);
     assert_eq!(f.store.workspace_get(ws.id).await.unwrap(), stopped);
@@ -186,10 +186,10 @@ async fn workspace_patch_bumps_generation_and_checks_the_expected_one() {
 
     // Resources are replaced whole: a patch without a disk size clears it.
     let smaller = Resources { cpus_milli: 500, memory_bytes: GIB, disk_bytes: None };
-    let resize = WorkspacePatch { resources: Some(smaller), idle_timeout_minutes: Some(0), ..Default::default() };
+    let resize = WorkspacePatch { resources: Some(smaller), idle_timeout_seconds: Some(0), ..Default::default() };
     let resized = f.store.workspace_patch(ws.id, resize, None).await.unwrap();
     assert_eq!(resized.spec.resources, smaller);
-    assert_eq!(resized.idle_timeout_minutes, 0);
+    assert_eq!(resized.idle_timeout_seconds, 0);
     assert_eq!(resized.desired, DesiredState::Stopped);
     assert_eq!(resized.generation, stopped.generation + 1);
 
@@ -434,7 +434,7 @@ async fn corrupt_rows_are_reported() {
     check("UPDATE workspaces SET desired = 'Sleeping'").await;
     check("UPDATE workspaces SET actual = 'napping'").await;
     check("UPDATE workspaces SET memory_bytes = -5").await;
-    check("UPDATE workspaces SET idle_timeout_minutes = 5000000000").await;
+    check("UPDATE workspaces SET idle_timeout_seconds = 5000000000").await;
     check("UPDATE workspaces SET created_at = 9223372036854775807").await;
     check("UPDATE users SET name = 'ADA'").await;
 
@@ -443,4 +443,41 @@ async fn corrupt_rows_are_reported() {
     f.tamper("UPDATE users SET role = 'root'").await;
     let result = f.store.user_get(ada.id).await;
     assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn activity_only_moves_forward() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let ws = f.workspace(&ada, "api").await;
+    assert_eq!((ws.last_activity_at, ws.last_activity_kind.clone()), (None, None));
+    let t1 = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let t0 = DateTime::from_timestamp_millis(1_600_000_000_000).unwrap();
+    let gone = WorkspaceId::new_random();
+    f.store.workspace_record_activity(&[(ws.id, t1, "http".into()), (gone, t1, "http".into())]).await.unwrap();
+    f.store.workspace_record_activity(&[(ws.id, t0, "exec".into())]).await.unwrap();
+    let got = f.store.workspace_get(ws.id).await.unwrap();
+    assert_eq!((got.last_activity_at, got.last_activity_kind.as_deref()), (Some(t1), Some("http")));
+    // Activity is not a user's change: it bumps neither generation nor updated_at.
+    assert_eq!((got.generation, got.updated_at), (ws.generation, ws.updated_at));
+}
+
+#[tokio::test]
+async fn app_shares_default_to_owner_and_go_with_the_workspace() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let ws = f.workspace(&ada, "api").await;
+    assert_eq!(f.store.app_share_get(ws.id, "8080").await.unwrap(), None);
+    f.store.app_share_set(ws.id, "8080", ShareLevel::Public).await.unwrap();
+    f.store.app_share_set(ws.id, "3000", ShareLevel::Authenticated).await.unwrap();
+    f.store.app_share_set(ws.id, "8080", ShareLevel::Authenticated).await.unwrap();
+    assert_eq!(
+        f.store.app_share_list(ws.id).await.unwrap(),
+        [("3000".to_string(), ShareLevel::Authenticated), ("8080".to_string(), ShareLevel::Authenticated)]
+    );
+    f.store.app_share_set(ws.id, "3000", ShareLevel::Owner).await.unwrap();
+    assert_eq!(f.store.app_share_get(ws.id, "3000").await.unwrap(), None);
+    assert!(f.store.app_share_set(WorkspaceId::new_random(), "1", ShareLevel::Public).await.is_err());
+    f.store.workspace_delete(ws.id).await.unwrap();
+    assert_eq!(f.store.app_share_list(ws.id).await.unwrap(), []);
 }

@@ -69,6 +69,19 @@ impl Engine {
         }
     }
 
+    /// Cove's Debian base image, built once per machine (cached by content); a file lock
+    /// keeps tests that start together from running debootstrap side by side.
+    pub fn base_image(endpoint: &str) -> String {
+        let out = Command::new("flock")
+            .arg(std::env::temp_dir().join("cove-base-image.lock"))
+            .args([COVE, "image", "bootstrap", "--engine", endpoint])
+            .env("COVE_DATA_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the base image failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     pub fn tiny_image(endpoint: &str) -> String {
         let out = Command::new(COVE)
             .args(["image", "bootstrap", "--tiny", "--engine", endpoint])
@@ -138,6 +151,7 @@ impl TestServer {
     pub fn spawn(&mut self) {
         let mut child = Command::new(COVE)
             .args(["server", "--listen", "127.0.0.1:0", "--reconcile-interval-ms", "500", "--max-backoff-ms", "2000"])
+            .args(["--idle-check-interval-ms", "500"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--engine", &self.endpoint, "--instance", &self.instance, "--default-image", &self.image])
@@ -214,6 +228,16 @@ impl TestServer {
             let ws: Value = serde_json::from_slice(&out.stdout).ok()?;
             pred(&ws).then_some(ws)
         })
+    }
+
+    /// The admin's password, as the server wrote it on first start.
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("initial-admin-password")).unwrap().trim().to_string()
+    }
+
+    /// The server's port (app hosts use it too).
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub fn workspace_id(&self, name: &str) -> WorkspaceId {

@@ -1,0 +1,69 @@
+//! Stage 2, admit: the seam between the proxy's mechanics and the server's decisions.
+//!
+//! Who may reach an app, whether a stopped workspace must be woken first and where its
+//! container listens all need the store and the runtime, which this crate does not know.
+//! The server implements [`Gate`]; the proxy asks it once per request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::response::Response;
+use cove_core::WorkspaceId;
+
+use crate::host::AppHost;
+
+/// Where to send an admitted request, and how.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub workspace: WorkspaceId,
+    /// `owner/workspace`: the `workspace` label of the metrics, and the name in error pages.
+    pub label: String,
+    /// The app's address inside the container network.
+    pub upstream: SocketAddr,
+    /// The request authenticated with a Cove bearer token: remove `Authorization` before
+    /// forwarding, so the app never sees the token.
+    pub strip_authorization: bool,
+    /// How long the upstream may take to start accepting connections (say, after a wake-up):
+    /// the proxy retries a refused connection until this has passed. Zero means "connect once".
+    /// A non-zero patience costs a probe connection per request: give it only while the
+    /// workspace may still be starting.
+    pub connect_patience: Duration,
+}
+
+/// The gate's answer about one request.
+pub enum Verdict {
+    /// Send the request upstream.
+    Forward(Admitted),
+    /// Answer it with this response, passed to the client unchanged (a login redirect,
+    /// 403, 404, a "workspace is starting" page, ...).
+    Respond(Response),
+}
+
+/// What kind of user activity [`Gate::activity`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivityKind {
+    Http,
+    WebSocket,
+}
+
+/// The server's side of the proxy.
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync + 'static {
+    /// Decides about one request to an app host. It may take long: it can wake a workspace
+    /// and wait for its container. The request body has not been read yet.
+    async fn admit(&self, request: &http::request::Parts, host: &AppHost, peer: SocketAddr) -> Verdict;
+
+    /// Nothing accepted a connection at [`Admitted::upstream`] within the patience: the gate
+    /// should forget a cached address. (Not called when the app answered badly: it was there.)
+    fn upstream_failed(&self, workspace: WorkspaceId);
+
+    /// Something the user did, for idle detection: an admitted HTTP request, or data the
+    /// client sent over a WebSocket (at most once per second per connection).
+    ///
+    /// Requests whose `User-Agent` starts with `kube-probe/`, `Prometheus/` or `cove-probe`
+    /// are health checks and scrapes that poll on a timer; they are not activity, or they would
+    /// keep a workspace awake forever.
+    ///
+    /// Called on the request path and from WebSocket copy loops: keep it cheap and never block.
+    fn activity(&self, workspace: WorkspaceId, kind: ActivityKind);
+}

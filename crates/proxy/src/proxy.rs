@@ -1,0 +1,273 @@
+//! Stage 4, forward: one request to an app host, end to end.
+//!
+//! [`Proxy::handle`] runs the stages in order — admit, rewrite, forward, respond — each a
+//! function below. Failures say where they came from (the client, the upstream, or us), both
+//! in the logs and in the status the client gets.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::account::{AccountedBody, Exchange, RequestTally, TalliedBody};
+use crate::gate::{ActivityKind, Admitted, Gate, Verdict};
+use crate::host::{request_host, AppHost};
+use crate::metrics::Metrics;
+use crate::rewrite::{self, Forwarding};
+use crate::tunnel;
+
+/// How often a refused connection is retried while the upstream may still be starting.
+const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// How long one connection attempt may take. Containers are on the same host, so a connect
+/// that hangs this long means a black hole, not a slow network.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream connections are closed after this; apps usually keep theirs a bit longer.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const POOL_MAX_IDLE_PER_UPSTREAM: usize = 32;
+
+/// What the proxy needs to know about the deployment.
+pub struct Config {
+    /// The domain under which app hosts live (`localhost`, `apps.example.com`).
+    pub apps_domain: String,
+    /// Scheme the client used, for X-Forwarded-Proto ("http" unless TLS is terminated in front).
+    pub forwarded_proto: String,
+}
+
+/// The forwarding engine: the gate, the configuration, one pool of upstream connections
+/// shared by all requests, and the metrics.
+pub struct Proxy {
+    config: Config,
+    gate: Arc<dyn Gate>,
+    metrics: Arc<Metrics>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// Why a request could not be forwarded, by whose doing.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    /// Nothing accepted a connection at the upstream address (within the patience).
+    #[error("nothing accepted a connection")]
+    Unreachable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The client's request body broke off while it was being sent upstream.
+    #[error("the client broke off its request")]
+    Client(#[source] hyper_util::client::legacy::Error),
+    /// The app accepted the connection but did not answer properly.
+    #[error("the app did not answer properly")]
+    Upstream(#[source] Box<dyn StdError + Send + Sync>),
+    /// We could not build a valid request from the client's one.
+    #[error("could not build the upstream request")]
+    Proxy(#[source] http::Error),
+}
+
+impl Proxy {
+    pub fn new(config: Config, gate: Arc<dyn Gate>, metrics: Arc<Metrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        // Small writes (server-sent events, WebSocket frames) should leave at once.
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_UPSTREAM)
+            .pool_timer(TokioTimer::new())
+            // The rewrite always sets Host to what the client sent, never to the upstream address.
+            .set_host(false)
+            .build(connector);
+        Self { config, gate, metrics, client }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One request to an app host, end to end. Never fails: errors become 4xx/5xx responses.
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, host: AppHost) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            // A tunnel to wherever the client likes is not an app request; apps get plain HTTP
+            // and WebSocket upgrades.
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "cove does not forward CONNECT requests\n".into());
+        }
+        let admitted = match self.admit(&parts, &host, peer).await {
+            Verdict::Forward(admitted) => admitted,
+            Verdict::Respond(response) => return response,
+        };
+        if rewrite::is_user_activity(&parts.headers) {
+            self.gate.activity(admitted.workspace, ActivityKind::Http);
+        }
+
+        let started = Instant::now();
+        let tally = Arc::new(RequestTally::default());
+        let websocket = rewrite::is_websocket_upgrade(&parts);
+        // The handle to the client's side of an upgrade lives in the request's extensions,
+        // which do not travel upstream.
+        let client_upgrade = if websocket { parts.extensions.remove::<OnUpgrade>() } else { None };
+        let sent_host = request_host(&parts.uri, &parts.headers).unwrap_or(&host.host).to_string();
+        let forwarding = Forwarding {
+            upstream: admitted.upstream,
+            peer: peer.ip(),
+            host: &sent_host,
+            proto: &self.config.forwarded_proto,
+            strip_authorization: admitted.strip_authorization,
+            websocket,
+        };
+        let body = Body::new(TalliedBody::new(body, tally.clone()));
+
+        let outcome = match rewrite::upstream_request(parts, body, &forwarding) {
+            Ok(request) => self.forward(request, &admitted, &tally).await,
+            Err(error) => Err(ForwardError::Proxy(error)),
+        };
+        let exchange = Exchange {
+            metrics: self.metrics.clone(),
+            label: admitted.label.clone(),
+            status: 0,
+            request: tally,
+            latency: started.elapsed(),
+            bytes_out: 0,
+        };
+        match outcome {
+            Ok(response) => self.respond(response, exchange, &admitted, client_upgrade),
+            Err(error) => self.fail(error, exchange, &admitted),
+        }
+    }
+
+    async fn admit(&self, parts: &Parts, host: &AppHost, peer: SocketAddr) -> Verdict {
+        self.gate.admit(parts, host, peer).await
+    }
+
+    /// Sends the request once. The body cannot be replayed once part of it went out, so the
+    /// patience is spent before sending: on waiting until the upstream accepts connections.
+    async fn forward(
+        &self,
+        request: Request<Body>,
+        admitted: &Admitted,
+        tally: &RequestTally,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        if !admitted.connect_patience.is_zero() {
+            await_listener(admitted.upstream, admitted.connect_patience)
+                .await
+                .map_err(|error| ForwardError::Unreachable(error.into()))?;
+        }
+        self.client.request(request).await.map_err(|error| {
+            if error.is_connect() {
+                ForwardError::Unreachable(error.into())
+            } else if tally.failed() {
+                ForwardError::Client(error)
+            } else {
+                ForwardError::Upstream(error.into())
+            }
+        })
+    }
+
+    /// Passes the app's response to the client: hop-by-hop headers out, the body streamed and
+    /// counted, and for a `101 Switching Protocols` the two upgraded connections joined.
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        mut exchange: Exchange,
+        admitted: &Admitted,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let (Some(client), Some(upstream)) = (client_upgrade, parts.extensions.remove::<OnUpgrade>()) else {
+                let error = "the app switched protocols without being asked to".into();
+                return self.fail(ForwardError::Upstream(error), exchange, admitted);
+            };
+            tunnel::spawn(client, upstream, self.gate.clone(), self.metrics.clone(), admitted.clone());
+        }
+        rewrite::response_headers(&mut parts.headers, switching);
+
+        exchange.status = parts.status.as_u16();
+        // A fresh response: the upstream's extensions are about the upstream connection.
+        let mut out = Response::new(Body::new(AccountedBody::new(Body::new(body), exchange)));
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = parts.headers;
+        out
+    }
+
+    /// Logs a failed exchange by origin and answers the client.
+    fn fail(&self, error: ForwardError, mut exchange: Exchange, admitted: &Admitted) -> Response<Body> {
+        let workspace = &admitted.label;
+        let port = admitted.upstream.port();
+        let cause = causes(&error);
+        let (status, message) = match &error {
+            ForwardError::Unreachable(_) => {
+                tracing::warn!(origin = "upstream", %workspace, upstream = %admitted.upstream, %cause, "app unreachable");
+                self.gate.upstream_failed(admitted.workspace);
+                (StatusCode::BAD_GATEWAY, format!("workspace {workspace}: nothing answers on port {port}\n"))
+            }
+            ForwardError::Upstream(_) => {
+                tracing::warn!(origin = "upstream", %workspace, upstream = %admitted.upstream, %cause, "app failed");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("workspace {workspace}: the app on port {port} did not answer properly\n"),
+                )
+            }
+            ForwardError::Client(_) => {
+                tracing::debug!(origin = "client", %workspace, %cause, "client broke off");
+                (StatusCode::BAD_REQUEST, "the request body broke off before it was complete\n".to_string())
+            }
+            ForwardError::Proxy(_) => {
+                tracing::error!(origin = "proxy", %workspace, %cause, "cannot forward");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("workspace {workspace}: cove could not forward this request\n"),
+                )
+            }
+        };
+        exchange.status = status.as_u16();
+        let response = text_response(status, message);
+        response.map(|body| Body::new(AccountedBody::new(body, exchange)))
+    }
+}
+
+fn text_response(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Waits until something accepts TCP connections at `upstream`, for at most `patience`.
+/// The probe connection is dropped at once; the request then goes through the pool.
+async fn await_listener(upstream: SocketAddr, patience: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, TcpStream::connect(upstream)).await;
+        let error = match attempt {
+            Ok(Ok(_probe)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_elapsed) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep_until((now + CONNECT_RETRY_INTERVAL).min(deadline)).await;
+    }
+}
+
+/// An error and its sources, "a: b: c", for one log field.
+fn causes(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

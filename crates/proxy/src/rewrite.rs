@@ -1,0 +1,254 @@
+//! Stage 3, rewrite: the headers a request carries up to the app and a response carries back.
+//!
+//! A proxy is two HTTP connections, so headers about one connection (hop-by-hop, RFC 9110
+//! §7.6.1) must not leak onto the other; the app learns who really asked through
+//! `X-Forwarded-*`; and Cove's own credentials (the [`APP_COOKIE`], a bearer token) stay with
+//! Cove.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use http::header::{AUTHORIZATION, CONNECTION, COOKIE, EXPECT, HOST, UPGRADE, USER_AGENT};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+
+use crate::APP_COOKIE;
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
+/// non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// User agents of health checks and scrapers; see [`crate::Gate::activity`].
+const PROBE_AGENTS: [&str; 3] = ["kube-probe/", "prometheus/", "cove-probe"];
+
+/// What the rewrite needs to know about one exchange.
+pub(crate) struct Forwarding<'a> {
+    pub upstream: SocketAddr,
+    pub peer: IpAddr,
+    /// The host as the client sent it.
+    pub host: &'a str,
+    /// The scheme the client used.
+    pub proto: &'a str,
+    pub strip_authorization: bool,
+    /// The request is a WebSocket upgrade that must reach the app as one.
+    pub websocket: bool,
+}
+
+/// Whether a request asks to become a WebSocket (RFC 6455 §4.1). Only HTTP/1.1 has
+/// `Upgrade`; WebSockets over HTTP/2 (RFC 8441) are not supported.
+pub(crate) fn is_websocket_upgrade(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && connection_tokens(&parts.headers).any(|token| token == "upgrade")
+        && parts
+            .headers
+            .get_all(UPGRADE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether a request counts as user activity: anything but a health check or a scrape.
+pub(crate) fn is_user_activity(headers: &HeaderMap) -> bool {
+    let Some(agent) = headers.get(USER_AGENT).and_then(|value| value.to_str().ok()) else {
+        return true;
+    };
+    let agent = agent.trim_start().to_ascii_lowercase();
+    !PROBE_AGENTS.iter().any(|probe| agent.starts_with(probe))
+}
+
+/// Turns the client's request into the one sent to the app: always HTTP/1.1, to
+/// `http://<upstream>` with an origin-form target, the Host as the client sent it.
+pub(crate) fn upstream_request(
+    parts: Parts,
+    body: Body,
+    forwarding: &Forwarding<'_>,
+) -> Result<Request<Body>, http::Error> {
+    let mut headers = parts.headers;
+    let upgrade: Vec<HeaderValue> =
+        if forwarding.websocket { headers.get_all(UPGRADE).iter().cloned().collect() } else { Vec::new() };
+    remove_hop_by_hop(&mut headers);
+    if forwarding.websocket {
+        keep_upgrade(&mut headers, upgrade);
+    }
+    // Our own server side has already answered `Expect: 100-continue` (hyper does when the body
+    // is first read); the app must not wait for a second go-ahead.
+    headers.remove(EXPECT);
+    remove_app_cookie(&mut headers);
+    if forwarding.strip_authorization {
+        headers.remove(AUTHORIZATION);
+    }
+    set_forwarded(&mut headers, forwarding)?;
+    // For HTTP/2 clients this turns `:authority` into Host; for HTTP/1.1 it restores the
+    // original value (case and all), which the app may use to build links.
+    headers.insert(HOST, HeaderValue::from_str(forwarding.host)?);
+
+    let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
+    let uri =
+        Uri::builder().scheme("http").authority(forwarding.upstream.to_string()).path_and_query(target).build()?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Removes the hop-by-hop headers of the app's response. A `101 Switching Protocols` keeps
+/// `Connection: upgrade` and the app's `Upgrade`: the client needs them to switch.
+pub(crate) fn response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
+    let upgrade: Vec<HeaderValue> =
+        if switching_protocols { headers.get_all(UPGRADE).iter().cloned().collect() } else { Vec::new() };
+    remove_hop_by_hop(headers);
+    if switching_protocols {
+        keep_upgrade(headers, upgrade);
+    }
+}
+
+fn keep_upgrade(headers: &mut HeaderMap, upgrade: Vec<HeaderValue>) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    for value in upgrade {
+        headers.append(UPGRADE, value);
+    }
+}
+
+/// Lowercased tokens of all `Connection` headers.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too; read the names before Connection goes.
+    let listed: Vec<HeaderName> =
+        connection_tokens(headers).filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()).collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes [`APP_COOKIE`] and leaves one `Cookie` header with the other cookies, or none.
+/// HTTP/2 clients may split cookies over several headers, which an HTTP/1.1 upstream must
+/// receive joined with "; " (RFC 9113 §8.2.3).
+fn remove_app_cookie(headers: &mut HeaderMap) {
+    if !headers.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && cookie_name(pair) != APP_COOKIE.as_bytes())
+        .collect();
+    let joined = kept.join(&b"; "[..]);
+    headers.remove(COOKIE);
+    if joined.is_empty() {
+        return;
+    }
+    // Made only of pieces of valid header values and "; ", so always valid; should it not be,
+    // dropping the cookies is the safe way to fail.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
+fn cookie_name(pair: &[u8]) -> &[u8] {
+    let name = pair.split(|byte| *byte == b'=').next().unwrap_or(pair);
+    name.trim_ascii()
+}
+
+fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) -> Result<(), http::Error> {
+    // Keep the chain of proxies in front of us; we add the address that connected to us.
+    let peer = forwarding.peer.to_canonical();
+    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
+    let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
+    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&chain)?);
+    // Host and scheme are what this edge saw, whatever the client claims.
+    headers.insert(X_FORWARDED_HOST, HeaderValue::from_str(forwarding.host)?);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_str(forwarding.proto)?);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cookies_after(values: &[&str]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(COOKIE, value.parse().unwrap());
+        }
+        remove_app_cookie(&mut headers);
+        headers.get_all(COOKIE).iter().map(|value| value.to_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn app_cookie_is_removed() {
+        assert_eq!(cookies_after(&["a=1; cove_app=secret; b=2"]), ["a=1; b=2"]);
+        assert_eq!(cookies_after(&["cove_app=secret"]), Vec::<String>::new());
+        assert_eq!(cookies_after(&["a=1", "cove_app=x", "b=2;c=3"]), ["a=1; b=2; c=3"]);
+        assert_eq!(cookies_after(&["cove_app_other=1; xcove_app=2"]), ["cove_app_other=1; xcove_app=2"]);
+        assert_eq!(cookies_after(&[" cove_app = x ;;a=1"]), ["a=1"]);
+    }
+
+    fn hop_by_hop_after(pairs: &[(&str, &str)]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        remove_hop_by_hop(&mut headers);
+        headers.keys().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        assert_eq!(hop_by_hop_after(&[("connection", "close"), ("te", "trailers"), ("x-a", "1")]), ["x-a"]);
+        assert_eq!(
+            hop_by_hop_after(&[("connection", "X-Secret, keep-alive"), ("x-secret", "1"), ("keep-alive", "5")]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            hop_by_hop_after(&[("connection", "x-a"), ("connection", "x-b"), ("x-a", "1"), ("x-b", "2")]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn probes_are_not_activity() {
+        let activity = |agent: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(USER_AGENT, agent.parse().unwrap());
+            is_user_activity(&headers)
+        };
+        assert!(activity("Mozilla/5.0"));
+        assert!(activity("curl/8.0"));
+        assert!(!activity("kube-probe/1.29"));
+        assert!(!activity("Prometheus/2.51.0"));
+        assert!(!activity("cove-probe/0.1"));
+        assert!(is_user_activity(&HeaderMap::new()));
+    }
+}

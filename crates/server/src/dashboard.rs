@@ -1,0 +1,201 @@
+//! Routes on the dashboard's origin that are pages, not API: logging in with a password
+//! (a session cookie that never leaves this origin), handing out tickets for app hosts,
+//! and `/metrics`. The full dashboard comes later; `/` lists the user's workspaces.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use chrono::Utc;
+use cove_core::{hash_token, ActualState, Name, ShareLevel, User};
+use cove_proxy::{parse_host, App};
+use serde::Deserialize;
+
+use crate::{auth, pages, AppState};
+
+pub const SESSION_COOKIE: &str = "cove_session";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", axum::routing::post(logout))
+        .route("/auth/app", get(app_ticket))
+        .route("/metrics", get(metrics))
+}
+
+async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<(User, String)> {
+    let secret = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)?
+        .1
+        .to_string();
+    let (_, user) = state.store.token_authenticate(&hash_token(&secret), Utc::now()).await.ok()??;
+    Some((user, secret))
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(Query(q): Query<NextQuery>) -> Response {
+    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    next: Option<String>,
+}
+
+async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let next = form.next.unwrap_or_else(|| "/".into());
+    let found = match Name::parse(&form.username) {
+        Ok(name) => state.store.user_get_by_name_with_password(&name).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let stored = found.as_ref().map(|(_, h)| h.clone());
+    let password = form.password;
+    let ok =
+        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref())).await.unwrap_or(false);
+    let Some((user, _)) = found.filter(|_| ok) else {
+        return pages::login_form(&next, Some("Invalid username or password."));
+    };
+    let Ok((secret, _)) = auth::issue_token(state.store.as_ref(), &user, "browser session").await else {
+        return pages::html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cannot log in",
+            "Cove could not store the session; try again.",
+        );
+    };
+    tracing::info!(user = %user.name, "logged in to the dashboard");
+    let mut response = pages::redirect(&safe_next(&next));
+    let cookie = format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax{}", secure(&state));
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Only paths on this origin and app hosts of this Cove: never an open redirect.
+fn safe_next(next: &str) -> String {
+    if next.starts_with('/') && !next.starts_with("//") {
+        return next.to_string();
+    }
+    "/".to_string()
+}
+
+fn secure(state: &AppState) -> &'static str {
+    if state.config.public_url.starts_with("https:") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some((user, secret)) = session_user(&state, &headers).await {
+        if let Ok(Some((token, _))) = state.store.token_authenticate(&hash_token(&secret), Utc::now()).await {
+            let _ = state.store.token_delete(user.id, token.id).await;
+        }
+    }
+    let mut response = pages::redirect("/login");
+    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct TicketQuery {
+    target: String,
+}
+
+/// An app host sent the browser here: if the user is logged in and may open the app,
+/// send them back with a one-time ticket for that host alone.
+async fn app_ticket(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<TicketQuery>) -> Response {
+    let Some((scheme_host, path)) = split_target(&q.target) else {
+        return pages::not_found();
+    };
+    let Some(host) = parse_host(scheme_host.1, &state.config.apps_domain) else {
+        return pages::not_found();
+    };
+    let Some((user, _)) = session_user(&state, &headers).await else {
+        let here = format!("/auth/app?target={}", pages::encode(&q.target));
+        return pages::redirect(&format!("/login?next={}", pages::encode(&here)));
+    };
+    if !may_open(&state, &user, &host).await {
+        return pages::not_found();
+    }
+    let ticket = state.signer.ticket(&host.host, user.id, path, Utc::now());
+    pages::redirect(&format!("{}://{}/__cove/auth?ticket={}", scheme_host.0, host.host, pages::encode(&ticket)))
+}
+
+/// ("http", "host:port") and the path of an absolute http(s) URL.
+fn split_target(target: &str) -> Option<((&str, &str), &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Some(((scheme, host), path))
+}
+
+async fn may_open(state: &AppState, user: &User, host: &cove_proxy::AppHost) -> bool {
+    let Ok(Some((owner, _))) = state.store.user_get_by_name_with_password(&host.owner).await else {
+        return false;
+    };
+    let Ok(ws) = state.store.workspace_get_by_name(owner.id, &host.workspace).await else {
+        return false;
+    };
+    let app = match &host.app {
+        App::Port(p) => p.to_string(),
+        App::Named(n) => n.clone(),
+    };
+    match state.store.app_share_get(ws.id, &app).await.ok().flatten().unwrap_or(ShareLevel::Owner) {
+        ShareLevel::Public | ShareLevel::Authenticated => true,
+        ShareLevel::Owner => ws.owner == user.id,
+    }
+}
+
+async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some((user, _)) = session_user(&state, &headers).await else {
+        return pages::redirect("/login");
+    };
+    let list = state.store.workspace_list_by_owner(user.id).await.unwrap_or_default();
+    let rows: String = list
+        .iter()
+        .map(|w| {
+            let running = if w.actual == ActualState::Running { "" } else { " (opening wakes it)" };
+            format!("<li><strong>{}</strong> — {}{running}</li>", pages::escape(w.name.as_str()), w.actual)
+        })
+        .collect();
+    let body = if rows.is_empty() {
+        "<p>No workspaces yet: <code>cove create NAME</code>.</p>".to_string()
+    } else {
+        format!("<ul>{rows}</ul>")
+    };
+    let html = format!(
+        "<h1>Cove</h1><p class=\"muted\">Logged in as {}.</p>{body}<p class=\"muted\">Open an app at \
+<code>http://PORT--WORKSPACE--{}.{}/</code> or with <code>cove open WORKSPACE PORT</code>.</p>\
+<form method=\"post\" action=\"/logout\"><button>Log out</button></form>",
+        pages::escape(user.name.as_str()),
+        pages::escape(user.name.as_str()),
+        pages::escape(&state.config.apps_authority())
+    );
+    pages::html_raw("Cove", &html)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,401 @@
+//! What the proxy asks before forwarding a request to a workspace: which workspace the host
+//! names, who is asking, whether they may, whether the workspace must be woken first, and
+//! where its container is. Stages: resolve -> authenticate -> authorize -> wake -> locate.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, User, UserId, Workspace, WorkspaceId};
+use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Verdict, APP_COOKIE};
+use cove_store::{StoreError, WorkspacePatch};
+use serde_json::json;
+
+use crate::activity::Activity;
+use crate::tickets::Signer;
+use crate::{pages, AppState};
+
+/// How long lookups of a host's workspace and share levels are reused. Changes made
+/// through the API or by the reconciler in this process clear the cache at once; this
+/// bounds anything else (a hand edit of the database).
+const ROUTE_TTL: Duration = Duration::from_secs(5);
+const TOKEN_TTL: Duration = Duration::from_secs(10);
+/// How long a request waits for the app's port right after a wake or start (the app may
+/// still be starting). Otherwise none: patience costs the proxy a probe per request.
+const PATIENCE_AFTER_WAKE: Duration = Duration::from_secs(30);
+const RECENT: chrono::Duration = chrono::Duration::seconds(60);
+
+#[derive(Clone)]
+struct Route {
+    workspace: Workspace,
+    shares: HashMap<String, ShareLevel>,
+}
+
+/// (owner, workspace) -> what was found, and when.
+type RouteEntries = HashMap<(String, String), (Option<Route>, Instant)>;
+
+/// Host lookups, shared with the API so that a change there is seen at once.
+pub struct RouteCache {
+    entries: Mutex<RouteEntries>,
+    ttl: Duration,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self::with_ttl(ROUTE_TTL)
+    }
+}
+
+impl RouteCache {
+    /// A zero `ttl` turns the cache off: for a process that cannot see every change.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self { entries: Mutex::default(), ttl }
+    }
+
+    /// Drops everything whenever `changes` ticks (the reconciler wrote a state).
+    pub fn follow(self: &Arc<Self>, mut changes: tokio::sync::watch::Receiver<u64>) {
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(cache) = cache.upgrade() else { return };
+                cache.invalidate();
+            }
+        });
+    }
+
+    pub fn invalidate(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn get(&self, key: &(String, String)) -> Option<Option<Route>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(r, _)| r.clone())
+    }
+
+    fn put(&self, key: (String, String), route: Option<Route>) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (route, Instant::now()));
+    }
+}
+
+pub struct AppGate {
+    pub state: AppState,
+    pub signer: Arc<Signer>,
+    pub activity: Arc<Activity>,
+    pub metrics: Arc<cove_proxy::Metrics>,
+    addresses: Mutex<HashMap<WorkspaceId, (i64, IpAddr)>>,
+    tokens: Mutex<HashMap<String, (User, Instant)>>,
+}
+
+/// Who is asking, and how they proved it.
+enum Identity {
+    Anonymous,
+    Session(UserId),
+    Bearer(User),
+}
+
+impl Identity {
+    fn user(&self) -> Option<UserId> {
+        match self {
+            Identity::Anonymous => None,
+            Identity::Session(id) => Some(*id),
+            Identity::Bearer(user) => Some(user.id),
+        }
+    }
+}
+
+impl AppGate {
+    pub fn new(
+        state: AppState,
+        signer: Arc<Signer>,
+        activity: Arc<Activity>,
+        metrics: Arc<cove_proxy::Metrics>,
+    ) -> Self {
+        Self { state, signer, activity, metrics, addresses: Mutex::default(), tokens: Mutex::default() }
+    }
+
+    async fn resolve(&self, owner: &Name, workspace: &Name) -> Result<Option<Route>, StoreError> {
+        let key = (owner.to_string(), workspace.to_string());
+        if let Some(route) = self.state.routes.get(&key) {
+            return Ok(route);
+        }
+        let route = match self.state.store.user_get_by_name_with_password(owner).await? {
+            None => None,
+            Some((user, _)) => match self.state.store.workspace_get_by_name(user.id, workspace).await {
+                Ok(ws) if ws.desired != DesiredState::Terminated => {
+                    let shares = self.state.store.app_share_list(ws.id).await?.into_iter().collect();
+                    Some(Route { workspace: ws, shares })
+                }
+                Ok(_) | Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        self.state.routes.put(key, route.clone());
+        Ok(route)
+    }
+
+    async fn authenticate(&self, parts: &http::request::Parts, host: &AppHost) -> Result<Identity, Response> {
+        if let Some(secret) = bearer(parts) {
+            return match self.bearer_user(secret).await {
+                Some(user) => Ok(Identity::Bearer(user)),
+                None => Err(pages::json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "invalid or expired API token; log in again with `cove login`",
+                )),
+            };
+        }
+        let session = cookie(parts, APP_COOKIE).and_then(|c| self.signer.check_session(c, &host.host, Utc::now()).ok());
+        Ok(session.map_or(Identity::Anonymous, |s| Identity::Session(s.user)))
+    }
+
+    async fn bearer_user(&self, secret: &str) -> Option<User> {
+        let hash = hash_token(secret);
+        if let Some((user, at)) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+            if at.elapsed() < TOKEN_TTL {
+                return Some(user.clone());
+            }
+        }
+        let (_, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.clone(), Instant::now()));
+        Some(user)
+    }
+
+    /// The ticket exchange: `/__cove/auth?ticket=...` sets the host's session cookie.
+    fn redeem(&self, parts: &http::request::Parts, host: &AppHost) -> Response {
+        let ticket = query_param(parts.uri.query().unwrap_or(""), "ticket").unwrap_or_default();
+        match self.signer.redeem(&ticket, &host.host, Utc::now()) {
+            Ok(ticket) => {
+                let session = self.signer.session(&host.host, ticket.user, Utc::now());
+                let secure = if self.state.config.public_url.starts_with("https:") { "; Secure" } else { "" };
+                let cookie = format!("{APP_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax{secure}");
+                let path = if ticket.path.starts_with('/') && !ticket.path.starts_with("//") {
+                    ticket.path
+                } else {
+                    "/".into()
+                };
+                let mut response = pages::redirect(&path);
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().append(header::SET_COOKIE, v);
+                }
+                response
+            }
+            Err(e) => {
+                tracing::info!(host = %host.host, reason = %e, "refused a sign-in ticket");
+                pages::html(
+                    StatusCode::FORBIDDEN,
+                    "Sign-in link not valid",
+                    "This sign-in link is invalid, expired or was already used. Open the app's address again to get a new one.",
+                )
+            }
+        }
+    }
+
+    /// Makes sure the workspace runs or is starting; returns it freshly read.
+    async fn wake(&self, ws: &Workspace) -> Result<Workspace, StoreError> {
+        let fresh = self.state.store.workspace_get(ws.id).await?;
+        if fresh.desired != DesiredState::Stopped {
+            return Ok(fresh);
+        }
+        let patch = WorkspacePatch { desired: Some(DesiredState::Running), ..Default::default() };
+        // Guarded by generation: of many requests racing to wake it, one writes.
+        match self.state.store.workspace_patch(ws.id, patch, Some(fresh.generation)).await {
+            Ok(woken) => {
+                tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "waking workspace for a request");
+                self.metrics.record_wake(&label(ws));
+                self.state.routes.invalidate();
+                self.state.reconciler.poke();
+                Ok(woken)
+            }
+            Err(StoreError::Conflict(_)) => self.state.store.workspace_get(ws.id).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits (bounded) for a waking workspace to run; the last state seen otherwise.
+    async fn wait_running(&self, id: WorkspaceId, deadline: Instant) -> Result<Workspace, StoreError> {
+        loop {
+            let ws = self.state.store.workspace_get(id).await?;
+            if ws.actual == ActualState::Running && ws.desired == DesiredState::Running || Instant::now() >= deadline {
+                return Ok(ws);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn address(&self, ws: &Workspace) -> Option<IpAddr> {
+        if let Some((generation, ip)) = self.addresses.lock().unwrap_or_else(|p| p.into_inner()).get(&ws.id) {
+            if *generation == ws.actual_generation {
+                return Some(*ip);
+            }
+        }
+        let ip = self.state.backend.address(ws.id).await.ok()??;
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).insert(ws.id, (ws.actual_generation, ip));
+        Some(ip)
+    }
+
+    async fn decide(&self, parts: &http::request::Parts, host: &AppHost) -> Result<Verdict, StoreError> {
+        if parts.uri.path() == "/__cove/auth" {
+            return Ok(Verdict::Respond(self.redeem(parts, host)));
+        }
+        let route = self.resolve(&host.owner, &host.workspace).await?;
+        let identity = match self.authenticate(parts, host).await {
+            Ok(i) => i,
+            Err(response) => return Ok(Verdict::Respond(response)),
+        };
+        let app = match &host.app {
+            App::Port(p) => p.to_string(),
+            App::Named(n) => n.clone(),
+        };
+        let allowed = route.as_ref().is_some_and(|r| match r.shares.get(&app).copied().unwrap_or(ShareLevel::Owner) {
+            ShareLevel::Public => true,
+            ShareLevel::Authenticated => identity.user().is_some(),
+            ShareLevel::Owner => identity.user() == Some(r.workspace.owner),
+        });
+        let browser = wants_html(parts);
+        let Some(route) = route.filter(|_| allowed) else {
+            // Unknown and not-yours look the same; without a login, both ask for one.
+            return Ok(Verdict::Respond(match identity {
+                Identity::Anonymous if browser => pages::redirect(&self.login_url(parts, host)),
+                Identity::Anonymous => pages::json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "send Authorization: Bearer <token> (see `cove tokens create`), or open this address in a browser to log in",
+                ),
+                _ => pages::not_found(),
+            }));
+        };
+        let ws = route.workspace;
+        let port = match host.app {
+            App::Port(p) => p,
+            App::Named(ref name) => {
+                return Ok(Verdict::Respond(pages::html(
+                    StatusCode::NOT_FOUND,
+                    "No such app",
+                    &format!(
+                        "Workspace {} has no app named {name:?} yet; open a port number instead, as in 8080--{}--{}.",
+                        ws.name, ws.name, ws.owner_name
+                    ),
+                )));
+            }
+        };
+        if parts.uri.path() == "/__cove/status" {
+            let ws = self.state.store.workspace_get(ws.id).await?;
+            return Ok(Verdict::Respond(status_json(&ws)));
+        }
+
+        // The cached route is the fast path; when it says "running" but the container has no
+        // address, the cache is behind (an idle stop, a crash): ask the store.
+        let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
+        let ws = if running(&ws) && self.address(&ws).await.is_some() {
+            ws
+        } else {
+            self.state.routes.invalidate();
+            let fresh = self.state.store.workspace_get(ws.id).await?;
+            if running(&fresh) {
+                fresh
+            } else {
+                self.wake(&fresh).await?
+            }
+        };
+        let recently_woken = Utc::now() - ws.updated_at < RECENT;
+        let ws = if ws.actual == ActualState::Running && ws.desired == DesiredState::Running {
+            ws
+        } else if browser {
+            return Ok(Verdict::Respond(pages::starting(&ws)));
+        } else {
+            let deadline = Instant::now() + self.state.config.wake_wait;
+            let ws = self.wait_running(ws.id, deadline).await?;
+            if ws.actual != ActualState::Running {
+                return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
+            }
+            ws
+        };
+        let Some(ip) = self.address(&ws).await else {
+            return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
+        };
+        Ok(Verdict::Forward(Admitted {
+            workspace: ws.id,
+            label: label(&ws),
+            upstream: SocketAddr::new(ip, port),
+            strip_authorization: matches!(identity, Identity::Bearer(_)),
+            connect_patience: if recently_woken { PATIENCE_AFTER_WAKE } else { Duration::ZERO },
+        }))
+    }
+
+    fn login_url(&self, parts: &http::request::Parts, host: &AppHost) -> String {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = format!("{}://{}{}", self.state.config.forwarded_proto(), host.host, path);
+        format!("{}/auth/app?target={}", self.state.config.public_url, pages::encode(&target))
+    }
+}
+
+#[async_trait::async_trait]
+impl Gate for AppGate {
+    async fn admit(&self, parts: &http::request::Parts, host: &AppHost, _peer: SocketAddr) -> Verdict {
+        match self.decide(parts, host).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(host = %host.host, error = %e, "proxy could not read the store");
+                Verdict::Respond(pages::html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cove is having trouble",
+                    "Cove could not read its database; try again in a moment.",
+                ))
+            }
+        }
+    }
+
+    fn upstream_failed(&self, workspace: WorkspaceId) {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).remove(&workspace);
+    }
+
+    fn activity(&self, workspace: WorkspaceId, kind: ActivityKind) {
+        self.activity.record(
+            workspace,
+            match kind {
+                ActivityKind::Http => "http",
+                ActivityKind::WebSocket => "websocket",
+            },
+        );
+    }
+}
+
+pub fn label(ws: &Workspace) -> String {
+    format!("{}/{}", ws.owner_name, ws.name)
+}
+
+fn status_json(ws: &Workspace) -> Response {
+    let ready = ws.actual == ActualState::Running && ws.desired == DesiredState::Running;
+    let body = json!({ "workspace": ws.name.as_str(), "actual_state": ws.actual, "desired_state": ws.desired, "message": ws.message, "ready": ready });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+fn wants_html(parts: &http::request::Parts) -> bool {
+    parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"))
+}
+
+fn bearer(parts: &http::request::Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim).filter(|s| s.starts_with(crate::auth::TOKEN_PREFIX))
+}
+
+/// The value of cookie `name`, from any Cookie header.
+pub fn cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| pages::decode(v))
+}

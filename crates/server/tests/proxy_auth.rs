@@ -1,0 +1,400 @@
+//! The app-host auth matrix, through the real server stack (store, gate, tickets, proxy)
+//! with the in-memory backend, whose "container" address is loopback: a local upstream
+//! stands in for the app in the workspace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use chrono::Utc;
+use cove_core::{ActualState, DesiredState, Name, Resources, Role, ShareLevel, User, WorkspaceId};
+use cove_runtime::FakeBackend;
+use cove_server::tickets::Signer;
+use cove_server::{auth, AppState, Config};
+use cove_store::{NewUser, NewWorkspace, SqliteStore, Store, WorkspacePatch};
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+
+const KEY: [u8; 32] = [9; 32];
+
+struct World {
+    port: u16,
+    upstream_port: u16,
+    store: Arc<SqliteStore>,
+    alice: User,
+    bob: User,
+    alice_token: String,
+    bob_token: String,
+    ws: WorkspaceId,
+    /// Headers the upstream last received.
+    seen: Arc<Mutex<Option<HeaderMap>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn upstream() -> (u16, Arc<Mutex<Option<HeaderMap>>>) {
+    let seen: Arc<Mutex<Option<HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            *record.lock().unwrap() = Some(headers);
+            "hello from the workspace"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, seen)
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("cove.db")).await.unwrap());
+    let mut users = vec![];
+    for name in ["alice", "bob"] {
+        let hash = auth::hash_password("correct horse battery").unwrap();
+        let user = store
+            .user_create(NewUser { name: Name::parse(name).unwrap(), role: Role::Member, password_hash: hash })
+            .await
+            .unwrap();
+        let (token, _) = auth::issue_token(store.as_ref(), &user, "test").await.unwrap();
+        users.push((user, token));
+    }
+    let (bob, bob_token) = users.pop().unwrap();
+    let (alice, alice_token) = users.pop().unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    fake.add_image("img:1");
+    let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
+    let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut config = Config::new(listener.local_addr().unwrap(), dir.path().to_path_buf());
+    config.reconcile = reconcile;
+    config.public_url = format!("http://localhost:{port}");
+    config.wake_wait = Duration::from_secs(10);
+    let state = AppState {
+        store: store.clone(),
+        backend: fake,
+        reconciler: reconciler.clone(),
+        config: Arc::new(config),
+        instance: "test".into(),
+        routes: Arc::default(),
+        activity: Arc::default(),
+        signer: Arc::new(Signer::with_key(KEY)),
+        metrics: Arc::default(),
+    };
+    let proxy = Arc::new(cove_server::proxy_for(state.clone()));
+    let app = cove_server::router(state);
+    tokio::spawn(async move { cove_proxy::serve(listener, proxy, app).await });
+
+    let ws = store
+        .workspace_create(NewWorkspace {
+            name: Name::parse("api").unwrap(),
+            owner: alice.id,
+            image: "img:1".into(),
+            resources: Resources::default(),
+            idle_timeout_seconds: 0,
+            desired: DesiredState::Running,
+        })
+        .await
+        .unwrap();
+    reconciler.poke();
+    let (upstream_port, seen) = upstream().await;
+    let w = World { port, upstream_port, store, alice, bob, alice_token, bob_token, ws: ws.id, seen, _dir: dir };
+    w.wait_actual(ActualState::Running).await;
+    w
+}
+
+impl World {
+    fn host(&self, app: &str, workspace: &str, owner: &str) -> String {
+        format!("{app}--{workspace}--{owner}.localhost:{}", self.port)
+    }
+
+    fn app_host(&self) -> String {
+        self.host(&self.upstream_port.to_string(), "api", "alice")
+    }
+
+    /// A client that reaches every host on loopback and never follows redirects.
+    fn client(&self) -> reqwest::Client {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut builder = reqwest::Client::builder().redirect(Policy::none()).resolve("localhost", addr);
+        for host in [
+            self.app_host(),
+            self.host(&self.upstream_port.to_string(), "nope", "alice"),
+            self.host("9", "api", "alice"),
+        ] {
+            builder = builder.resolve(host.split(':').next().unwrap(), addr);
+        }
+        builder.build().unwrap()
+    }
+
+    async fn get(&self, url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+        let mut r = self.client().get(url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.text().await.unwrap())
+    }
+
+    async fn wait_actual(&self, actual: ActualState) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.store.workspace_get(self.ws).await.unwrap().actual != actual {
+            assert!(std::time::Instant::now() < deadline, "workspace never reached {actual}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Logs in on the dashboard origin; returns the session cookie header value.
+    async fn login(&self, user: &str) -> String {
+        let resp = self
+            .client()
+            .post(format!("http://localhost:{}/login", self.port))
+            .form(&[("username", user), ("password", "correct horse battery"), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+        cookie.split(';').next().unwrap().to_string()
+    }
+
+    /// The whole browser dance for `host`: ticket from the dashboard, traded for the
+    /// host's cookie. Returns that cookie.
+    async fn app_cookie(&self, session: &str, host: &str, path: &str) -> String {
+        let target = format!("http://{host}{path}");
+        let (status, headers, _) = self
+            .get(
+                &format!("http://localhost:{}/auth/app?target={}", self.port, cove_server::pages::encode(&target)),
+                &[("cookie", session)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FOUND);
+        let location = headers["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&format!("http://{host}/__cove/auth?ticket=")), "{location}");
+        let (status, headers, _) = self.get(&location, &[]).await;
+        assert_eq!(status, StatusCode::FOUND, "trading the ticket");
+        assert_eq!(headers["location"], path);
+        let cookie = headers["set-cookie"].to_str().unwrap();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && !cookie.contains("Domain="),
+            "{cookie}"
+        );
+        // Reusing the same ticket fails.
+        let (status, _, _) = self.get(&location, &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a ticket is single-use");
+        cookie.split(';').next().unwrap().to_string()
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}{path}")
+    }
+}
+
+const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
+
+#[tokio::test]
+async fn without_a_cookie_browsers_are_sent_to_log_in_and_scripts_get_401() {
+    let w = world().await;
+    let url = w.url(&w.app_host(), "/some/path?q=1");
+    let (status, headers, _) = w.get(&url, &[HTML]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let location = headers["location"].to_str().unwrap();
+    assert!(location.starts_with(&format!("http://localhost:{}/auth/app?target=", w.port)), "{location}");
+    // Not logged in on the dashboard either: on to the login form, keeping the way back.
+    let (status, headers, _) = w.get(location, &[HTML]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert!(headers["location"].to_str().unwrap().starts_with("/login?next=%2Fauth%2Fapp"));
+    let (status, _, body) = w.get(&url, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("\"unauthenticated\""));
+    // The same holds for a host naming no workspace: nothing is revealed.
+    let unknown = w.url(&w.host(&w.upstream_port.to_string(), "nope", "alice"), "/");
+    assert_eq!(w.get(&unknown, &[HTML]).await.0, StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn the_owner_gets_through_with_a_ticket_and_cove_credentials_never_reach_the_app() {
+    let w = world().await;
+    let session = w.login("alice").await;
+    let cookie = w.app_cookie(&session, &w.app_host(), "/deep/path?x=1").await;
+    let (status, _, body) =
+        w.get(&w.url(&w.app_host(), "/deep/path?x=1"), &[("cookie", &format!("{cookie}; theirs=kept"))]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from the workspace"));
+    let seen = w.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["cookie"], "theirs=kept", "Cove's cookie must be stripped, the app's kept");
+    assert_eq!(seen["x-forwarded-host"].to_str().unwrap(), w.app_host());
+    assert_eq!(seen["host"].to_str().unwrap(), w.app_host());
+
+    // The cookie is for that host only: on another host it is worth nothing.
+    let other = w.url(&w.host("9", "api", "alice"), "/");
+    let (status, _, _) = w.get(&other, &[HTML, ("cookie", &cookie)]).await;
+    assert_eq!(status, StatusCode::FOUND, "a cookie for one app host must not open another");
+    // And the dashboard session never opens an app host by itself.
+    let (status, _, _) = w.get(&w.url(&w.app_host(), "/"), &[HTML, ("cookie", &session)]).await;
+    assert_eq!(status, StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn forged_expired_and_misdirected_tickets_are_refused() {
+    let w = world().await;
+    let host = w.app_host();
+    let signer = Signer::with_key(KEY);
+    let stranger = Signer::with_key([1; 32]);
+    let now = Utc::now();
+    for (why, ticket) in [
+        ("forged", stranger.ticket(&host, w.alice.id, "/", now)),
+        ("expired", signer.ticket(&host, w.alice.id, "/", now - chrono::Duration::minutes(5))),
+        ("for another host", signer.ticket(&w.host("9", "api", "alice"), w.alice.id, "/", now)),
+        ("garbage", "not-a-ticket".to_string()),
+    ] {
+        let (status, headers, _) = w.get(&w.url(&host, &format!("/__cove/auth?ticket={ticket}")), &[HTML]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{why} ticket");
+        assert!(headers.get("set-cookie").is_none(), "{why} ticket set a cookie");
+    }
+}
+
+#[tokio::test]
+async fn another_users_private_workspace_looks_like_nothing_at_all() {
+    let w = world().await;
+    let bob = w.login("bob").await;
+    // Bob asks the dashboard for a ticket to alice's app: the same 404 page as for a host naming nothing.
+    let mine = format!(
+        "http://localhost:{}/auth/app?target={}",
+        w.port,
+        cove_server::pages::encode(&w.url(&w.app_host(), "/"))
+    );
+    let nothing = format!(
+        "http://localhost:{}/auth/app?target={}",
+        w.port,
+        cove_server::pages::encode(&w.url(&w.host("8080", "nope", "alice"), "/"))
+    );
+    let (s1, _, b1) = w.get(&mine, &[("cookie", &bob)]).await;
+    let (s2, _, b2) = w.get(&nothing, &[("cookie", &bob)]).await;
+    assert_eq!((s1, s2), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(b1, b2, "the two 404 pages must be identical");
+    // A ticket bob minted for himself, or his API token, does not open it either.
+    let ticket = Signer::with_key(KEY).ticket(&w.app_host(), w.bob.id, "/", Utc::now());
+    let (_, headers, _) = w.get(&w.url(&w.app_host(), &format!("/__cove/auth?ticket={ticket}")), &[]).await;
+    let bob_cookie = headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let (s3, _, b3) = w.get(&w.url(&w.app_host(), "/"), &[HTML, ("cookie", &bob_cookie)]).await;
+    let (s4, _, b4) = w.get(&w.url(&w.app_host(), "/"), &[("authorization", &format!("Bearer {}", w.bob_token))]).await;
+    assert_eq!((s3, s4), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!((b3.as_str(), b4.as_str()), (b1.as_str(), b1.as_str()));
+}
+
+#[tokio::test]
+async fn share_levels_decide_who_gets_in() {
+    let w = world().await;
+    let url = w.url(&w.app_host(), "/");
+    let app = w.upstream_port.to_string();
+    let bob = ("authorization", format!("Bearer {}", w.bob_token));
+    let alice = ("authorization", format!("Bearer {}", w.alice_token));
+
+    for (level, anonymous, bob_status) in [
+        (ShareLevel::Owner, StatusCode::UNAUTHORIZED, StatusCode::NOT_FOUND),
+        (ShareLevel::Authenticated, StatusCode::UNAUTHORIZED, StatusCode::OK),
+        (ShareLevel::Public, StatusCode::OK, StatusCode::OK),
+    ] {
+        let resp = w
+            .client()
+            .put(format!("http://localhost:{}/api/v1/workspaces/api/apps/{app}", w.port))
+            .bearer_auth(&w.alice_token)
+            .json(&serde_json::json!({ "share": level }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "setting {level:?}");
+        assert_eq!(w.get(&url, &[]).await.0, anonymous, "anonymous at {level:?}");
+        assert_eq!(w.get(&url, &[(bob.0, &bob.1)]).await.0, bob_status, "bob at {level:?}");
+        assert_eq!(w.get(&url, &[(alice.0, &alice.1)]).await.0, StatusCode::OK, "alice at {level:?}");
+    }
+    // Bob may not change alice's sharing.
+    let resp = w
+        .client()
+        .put(format!("http://localhost:{}/api/v1/workspaces/{}/apps/{app}", w.port, w.ws))
+        .bearer_auth(&w.bob_token)
+        .json(&serde_json::json!({ "share": "owner" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bearer_tokens_work_for_scripts_and_are_not_forwarded() {
+    let w = world().await;
+    let url = w.url(&w.app_host(), "/");
+    let (status, _, body) = w.get(&url, &[("authorization", &format!("Bearer {}", w.alice_token))]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from the workspace"));
+    let seen = w.seen.lock().unwrap().clone().unwrap();
+    assert!(seen.get("authorization").is_none(), "Cove's token must not reach the app");
+    let (status, _, _) = w.get(&url, &[("authorization", "Bearer cove_0123")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_stopped_workspace_wakes_on_request() {
+    let w = world().await;
+    w.store
+        .workspace_patch(w.ws, WorkspacePatch { desired: Some(DesiredState::Stopped), ..Default::default() }, None)
+        .await
+        .unwrap();
+    w.wait_actual(ActualState::Stopped).await;
+    // A browser gets the starting page...
+    let session = w.login("alice").await;
+    let cookie = w.app_cookie(&session, &w.app_host(), "/").await;
+    let (status, headers, body) = w.get(&w.url(&w.app_host(), "/"), &[HTML, ("cookie", &cookie)]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("id=\"cove-starting\"") && body.contains("Starting api"), "{body}");
+    // ...whose status endpoint reports progress until it runs...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = w.get(&w.url(&w.app_host(), "/__cove/status"), &[("cookie", &cookie)]).await;
+        assert_eq!(status, StatusCode::OK);
+        if body.contains("\"ready\":true") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and a script, after another stop, simply waits and gets the answer.
+    w.store
+        .workspace_patch(w.ws, WorkspacePatch { desired: Some(DesiredState::Stopped), ..Default::default() }, None)
+        .await
+        .unwrap();
+    w.wait_actual(ActualState::Stopped).await;
+    let (status, _, body) =
+        w.get(&w.url(&w.app_host(), "/"), &[("authorization", &format!("Bearer {}", w.alice_token))]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from the workspace"));
+    let metrics = w.get(&format!("http://localhost:{}/metrics", w.port), &[]).await.2;
+    assert!(metrics.contains("cove_wakes_total{workspace=\"alice/api\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn login_never_redirects_off_the_dashboard() {
+    let w = world().await;
+    let resp = w
+        .client()
+        .post(format!("http://localhost:{}/login", w.port))
+        .form(&[("username", "alice"), ("password", "correct horse battery"), ("next", "http://evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["location"], "/");
+    let resp = w
+        .client()
+        .post(format!("http://localhost:{}/login", w.port))
+        .form(&[("username", "alice"), ("password", "wrong"), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get("set-cookie").is_none());
+}
