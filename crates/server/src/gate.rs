@@ -25,7 +25,8 @@ use crate::{pages, AppState};
 const ROUTE_TTL: Duration = Duration::from_secs(5);
 const TOKEN_TTL: Duration = Duration::from_secs(10);
 /// How long a request waits for the app's port right after a wake or start (the app may
-/// still be starting). Otherwise none: patience costs the proxy a probe per request.
+/// still be starting). The gate probes the port itself, once per container start and
+/// port: the proxy then never pays a probe per request.
 const PATIENCE_AFTER_WAKE: Duration = Duration::from_secs(30);
 const RECENT: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -88,6 +89,8 @@ pub struct AppGate {
     pub metrics: Arc<cove_proxy::Metrics>,
     addresses: Mutex<HashMap<WorkspaceId, (i64, IpAddr)>>,
     tokens: Mutex<HashMap<String, (User, Instant)>>,
+    /// (workspace, port, actual generation) seen accepting connections since that start.
+    listening: Mutex<std::collections::HashSet<(WorkspaceId, u16, i64)>>,
 }
 
 /// Who is asking, and how they proved it.
@@ -114,7 +117,15 @@ impl AppGate {
         activity: Arc<Activity>,
         metrics: Arc<cove_proxy::Metrics>,
     ) -> Self {
-        Self { state, signer, activity, metrics, addresses: Mutex::default(), tokens: Mutex::default() }
+        Self {
+            state,
+            signer,
+            activity,
+            metrics,
+            addresses: Mutex::default(),
+            tokens: Mutex::default(),
+            listening: Mutex::default(),
+        }
     }
 
     async fn resolve(&self, owner: &Name, workspace: &Name) -> Result<Option<Route>, StoreError> {
@@ -317,13 +328,37 @@ impl AppGate {
         let Some(ip) = self.address(&ws).await else {
             return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
         };
+        let upstream = SocketAddr::new(ip, port);
+        if recently_woken {
+            self.await_port(&ws, upstream).await;
+        }
         Ok(Verdict::Forward(Admitted {
             workspace: ws.id,
             label: label(&ws),
-            upstream: SocketAddr::new(ip, port),
+            upstream,
             strip_authorization: matches!(identity, Identity::Bearer(_)),
-            connect_patience: if recently_woken { PATIENCE_AFTER_WAKE } else { Duration::ZERO },
+            connect_patience: Duration::ZERO,
         }))
+    }
+
+    /// Right after a start the app may not listen yet: wait for it (bounded), once per
+    /// container start and port. If it never comes, the proxy answers 502.
+    async fn await_port(&self, ws: &Workspace, upstream: SocketAddr) {
+        let key = (ws.id, upstream.port(), ws.actual_generation);
+        if self.listening.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+            return;
+        }
+        let deadline = Instant::now() + PATIENCE_AFTER_WAKE;
+        while Instant::now() < deadline {
+            let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(upstream)).await;
+            if let Ok(Ok(_probe)) = attempt {
+                let mut listening = self.listening.lock().unwrap_or_else(|p| p.into_inner());
+                listening.retain(|(id, _, generation)| *id != ws.id || *generation == ws.actual_generation);
+                listening.insert(key);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn login_url(&self, parts: &http::request::Parts, host: &AppHost) -> String {

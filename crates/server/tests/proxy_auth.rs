@@ -51,6 +51,10 @@ async fn upstream() -> (u16, Arc<Mutex<Option<HeaderMap>>>) {
 }
 
 async fn world() -> World {
+    world_waiting(Duration::from_secs(10)).await
+}
+
+async fn world_waiting(wake_wait: Duration) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("cove.db")).await.unwrap());
     let mut users = vec![];
@@ -74,7 +78,7 @@ async fn world() -> World {
     let mut config = Config::new(listener.local_addr().unwrap(), dir.path().to_path_buf());
     config.reconcile = reconcile;
     config.public_url = format!("http://localhost:{port}");
-    config.wake_wait = Duration::from_secs(10);
+    config.wake_wait = wake_wait;
     let state = AppState {
         store: store.clone(),
         backend: fake,
@@ -397,4 +401,54 @@ async fn login_never_redirects_off_the_dashboard() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_a_stopped_workspace_share_one_wake() {
+    let w = world().await;
+    w.store
+        .workspace_patch(w.ws, WorkspacePatch { desired: Some(DesiredState::Stopped), ..Default::default() }, None)
+        .await
+        .unwrap();
+    w.wait_actual(ActualState::Stopped).await;
+    let auth = format!("Bearer {}", w.alice_token);
+    let url = w.url(&w.app_host(), "/");
+    let requests = (0..8).map(|_| {
+        let (client, url, auth) = (w.client(), url.clone(), auth.clone());
+        async move { client.get(url).header("authorization", auth).send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let metrics = w.get(&format!("http://localhost:{}/metrics", w.port), &[]).await.2;
+    assert!(metrics.contains("cove_wakes_total{workspace=\"alice/api\"} 1\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_script_waits_a_bounded_time_then_gets_503_with_retry_after() {
+    let w = world_waiting(Duration::from_millis(800)).await;
+    // An image the engine does not have: the workspace can never start.
+    let broken = w
+        .store
+        .workspace_create(NewWorkspace {
+            name: Name::parse("broken").unwrap(),
+            owner: w.alice.id,
+            image: "nowhere/none:1".into(),
+            resources: Resources::default(),
+            idle_timeout_seconds: 0,
+            desired: DesiredState::Stopped,
+        })
+        .await
+        .unwrap();
+    let host = w.host("8080", "broken", "alice");
+    let addr: SocketAddr = ([127, 0, 0, 1], w.port).into();
+    let client = reqwest::Client::builder().resolve(host.split(':').next().unwrap(), addr).build().unwrap();
+    let started = std::time::Instant::now();
+    let resp = client.get(format!("http://{host}/")).bearer_auth(&w.alice_token).send().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(800), "it should have waited");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("workspace broken is still"), "{body}");
+    // The request did wake it: the wish to run is recorded.
+    assert_eq!(w.store.workspace_get(broken.id).await.unwrap().desired, DesiredState::Running);
 }
