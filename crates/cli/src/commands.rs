@@ -81,6 +81,20 @@ pub struct CreateArgs {
     /// Image to run (default: the server's default, cove/base:latest).
     #[arg(long)]
     image: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
+    /// Create it stopped.
+    #[arg(long)]
+    stopped: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `create` and `set` both take.
+#[derive(clap::Args)]
+pub struct Settings {
     /// CPUs, e.g. 2 or 0.5.
     #[arg(long)]
     cpus: Option<f64>,
@@ -93,13 +107,27 @@ pub struct CreateArgs {
     /// Time without activity before it is stopped: 90s, 30m, 2h; 0 for never.
     #[arg(long, value_parser = cove_core::parse_duration)]
     idle_timeout: Option<u32>,
-    /// Create it stopped.
-    #[arg(long)]
-    stopped: bool,
-    #[command(flatten)]
-    wait: WaitArgs,
-    #[arg(long)]
-    json: bool,
+}
+
+impl Settings {
+    /// Adds the given settings to an API request body.
+    fn apply(self, body: &mut Value) {
+        let fields = [
+            ("cpus", self.cpus.map(|v| json!(v))),
+            ("memory", self.memory.map(|v| json!(v))),
+            ("disk", self.disk.map(|v| json!(v))),
+            ("idle_timeout_seconds", self.idle_timeout.map(|v| json!(v))),
+        ];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                body[key] = v;
+            }
+        }
+    }
+
+    fn changes_resources(&self) -> bool {
+        self.cpus.is_some() || self.memory.is_some() || self.disk.is_some()
+    }
 }
 
 #[derive(clap::Args)]
@@ -123,18 +151,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
     if let Some(v) = args.image {
         body["image"] = json!(v);
     }
-    if let Some(v) = args.cpus {
-        body["cpus"] = json!(v);
-    }
-    if let Some(v) = args.memory {
-        body["memory"] = json!(v);
-    }
-    if let Some(v) = args.disk {
-        body["disk"] = json!(v);
-    }
-    if let Some(v) = args.idle_timeout {
-        body["idle_timeout_seconds"] = json!(v);
-    }
+    args.settings.apply(&mut body);
     let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;
     if !args.wait.no_wait {
         let goal = if args.stopped { Goal::Stopped } else { Goal::Running };
@@ -302,34 +319,21 @@ pub async fn rm(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct SetArgs {
     name: String,
-    #[arg(long)]
-    cpus: Option<f64>,
-    #[arg(long)]
-    memory: Option<String>,
-    #[arg(long)]
-    disk: Option<String>,
-    /// Time without activity before it is stopped: 90s, 30m, 2h; 0 for never.
-    #[arg(long, value_parser = cove_core::parse_duration)]
-    idle_timeout: Option<u32>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 pub async fn set(client: &Client, args: SetArgs) -> anyhow::Result<ExitCode> {
+    let restarts = args.settings.changes_resources();
     let mut body = json!({});
-    if let Some(v) = args.cpus {
-        body["cpus"] = json!(v);
-    }
-    if let Some(v) = args.memory {
-        body["memory"] = json!(v);
-    }
-    if let Some(v) = args.disk {
-        body["disk"] = json!(v);
-    }
-    if let Some(v) = args.idle_timeout {
-        body["idle_timeout_seconds"] = json!(v);
-    }
+    args.settings.apply(&mut body);
     let ws: WorkspaceView =
         client.json(Method::PATCH, &format!("/api/v1/workspaces/{}", segment(&args.name)), Some(&body)).await?;
-    eprintln!("{}: updated; a running workspace is restarted with the new resources", ws.name);
+    if restarts {
+        eprintln!("{}: updated; if it runs, it restarts with the new resources", ws.name);
+    } else {
+        eprintln!("{}: updated", ws.name);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -166,33 +166,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.public_url = format!("http://localhost:{}", addr.port());
     }
     let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
-    let metrics = Arc::new(cove_proxy::Metrics::default());
     let routes: Arc<gate::RouteCache> = Arc::default();
     routes.follow(reconciler.changes());
-    let activity = Arc::new(activity::Activity::default());
-    activity::spawn(
-        store.clone(),
-        activity.clone(),
-        reconciler.clone(),
-        metrics.clone(),
-        routes.clone(),
-        activity::IdleConfig {
-            flush_interval: config.activity_flush_interval,
-            check_interval: config.idle_check_interval,
-            stop_idle: true,
-        },
-    );
-    let state = AppState {
-        store,
-        backend,
-        reconciler,
-        config: Arc::new(config.clone()),
-        instance,
-        routes,
-        activity: activity.clone(),
-        signer: signer.clone(),
-        metrics: metrics.clone(),
-    };
+    let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
     let proxy = Arc::new(proxy_for(state.clone()));
     let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
@@ -244,34 +220,10 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(cove_proxy::Metrics::default());
-    let activity = Arc::new(activity::Activity::default());
     // This process does not see the server's reconciler at work: no caching of state.
     let routes = Arc::new(gate::RouteCache::with_ttl(std::time::Duration::ZERO));
-    let reconciler = Handle::detached();
-    activity::spawn(
-        store.clone(),
-        activity.clone(),
-        reconciler.clone(),
-        metrics.clone(),
-        routes.clone(),
-        activity::IdleConfig {
-            flush_interval: config.activity_flush_interval,
-            check_interval: config.idle_check_interval,
-            stop_idle: false,
-        },
-    );
-    let state = AppState {
-        store,
-        backend,
-        reconciler,
-        config: Arc::new(config.clone()),
-        instance,
-        routes,
-        activity,
-        signer,
-        metrics: metrics.clone(),
-    };
+    let state = assemble(store, backend, instance, signer, Handle::detached(), routes, &config, Role::Proxy);
+    let metrics = state.metrics.clone();
     notes.push(format!("proxying {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
     let proxy = Arc::new(proxy_for(state));
     let fallback = axum::Router::new()
@@ -285,4 +237,51 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
         .fallback(|| async { pages::not_found() });
     let serve = tokio::spawn(async move { cove_proxy::serve(listener, proxy, fallback).await });
     Ok(Server { addr, notes, serve, _engine: engine })
+}
+
+/// Which process is being assembled: only the server stops idle workspaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Proxy,
+}
+
+/// The state both the server and the standalone proxy run on, with the activity loops
+/// started.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    instance: String,
+    signer: Arc<tickets::Signer>,
+    reconciler: Handle,
+    routes: Arc<gate::RouteCache>,
+    config: &Config,
+    role: Role,
+) -> AppState {
+    let metrics = Arc::new(cove_proxy::Metrics::default());
+    let activity = Arc::new(activity::Activity::default());
+    activity::spawn(
+        store.clone(),
+        activity.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+        routes.clone(),
+        activity::IdleConfig {
+            flush_interval: config.activity_flush_interval,
+            check_interval: config.idle_check_interval,
+            stop_idle: role == Role::Server,
+        },
+    );
+    AppState {
+        store,
+        backend,
+        reconciler,
+        config: Arc::new(config.clone()),
+        instance,
+        routes,
+        activity,
+        signer,
+        metrics,
+    }
 }
