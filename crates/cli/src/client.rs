@@ -69,7 +69,10 @@ impl Client {
             r = r.json(b);
         }
         let response = self.send(r).await?;
-        response.json().await.context("the server's answer is not the JSON expected")
+        response
+            .json()
+            .await
+            .context("the server's answer is not what this CLI expects; is `cove server` the same version as `cove`?")
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

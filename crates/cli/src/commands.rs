@@ -436,7 +436,7 @@ pub async fn image(command: ImageCommand) -> anyhow::Result<ExitCode> {
     let tag = if tiny {
         cove_runtime::images::ensure_tiny_image(&docker, progress).await?
     } else {
-        eprintln!("building the Debian base image (debootstrap; about a minute)");
+        eprintln!("Debian base image: built with debootstrap the first time (about a minute), then cached");
         cove_runtime::images::bootstrap_base_image(&docker, progress).await?
     };
     println!("{tag}");
