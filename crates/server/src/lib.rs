@@ -176,9 +176,26 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     Ok(Server { addr, notes, serve, _engine: engine })
 }
 
-/// Everything served on the dashboard's origin: the API and the pages.
+/// Everything served on the dashboard's origin: the API and the pages. Other names under
+/// the apps domain that are not app hosts get the plain 404 page, not the dashboard.
 pub fn router(state: AppState) -> axum::Router {
-    api::router(state.clone()).merge(dashboard::router().with_state(state))
+    let apps_domain = state.config.apps_domain.clone();
+    api::router(state.clone()).merge(dashboard::router().with_state(state)).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let under_apps_domain = request
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_ascii_lowercase())
+                .is_some_and(|name| name.ends_with(&format!(".{apps_domain}")));
+            async move {
+                if under_apps_domain {
+                    return pages::not_found();
+                }
+                next.run(request).await
+            }
+        },
+    ))
 }
 
 /// The proxy for app hosts, deciding through the gate.

@@ -217,6 +217,12 @@ async fn without_a_cookie_browsers_are_sent_to_log_in_and_scripts_get_401() {
     let (status, _, body) = w.get(&url, &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("\"unauthenticated\""));
+    // A name under the apps domain that is no app host at all: the plain 404 page.
+    let addr: SocketAddr = ([127, 0, 0, 1], w.port).into();
+    let odd = reqwest::Client::builder().resolve("garbage.localhost", addr).build().unwrap();
+    let resp = odd.get(format!("http://garbage.localhost:{}/", w.port)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.text().await.unwrap().contains("There is nothing at this address."));
     // The same holds for a host naming no workspace: nothing is revealed.
     let unknown = w.url(&w.host(&w.upstream_port.to_string(), "nope", "alice"), "/");
     assert_eq!(w.get(&unknown, &[HTML]).await.0, StatusCode::FOUND);
