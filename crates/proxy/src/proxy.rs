@@ -35,7 +35,10 @@ const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections are closed after this; apps usually keep theirs a bit longer.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const POOL_MAX_IDLE_PER_UPSTREAM: usize = 32;
+/// Idle upstream connections kept per app. Below the number of concurrent clients, the
+/// surplus is closed after every response and opened again for the next: a handshake per
+/// request. Idle sockets are cheap and expire after `POOL_IDLE_TIMEOUT`.
+const POOL_MAX_IDLE_PER_UPSTREAM: usize = 256;
 
 /// What the proxy needs to know about the deployment.
 pub struct Config {
