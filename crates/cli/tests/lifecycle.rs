@@ -97,7 +97,8 @@ fn a_container_started_by_hand_is_stopped_again() {
     poll("the hand-started container to be stopped", WAIT, || {
         matches!(container_state(&server, "idle"), Some(ContainerState::Exited { .. })).then_some(())
     });
-    assert_eq!(state(&server.show("idle")), ("Stopped", "Stopped"));
+    // The engine shows it stopped a moment before the reconciler records it.
+    server.wait_for("idle", "Stopped recorded", WAIT, |ws| state(ws) == ("Stopped", "Stopped"));
 }
 
 #[test]
