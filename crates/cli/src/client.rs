@@ -84,13 +84,3 @@ impl Client {
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ApiError>().is_some_and(|a| a.status == StatusCode::NOT_FOUND)
 }
-
-/// Percent-encodes a path segment (workspace names are safe already; ids too).
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}

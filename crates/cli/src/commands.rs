@@ -15,10 +15,11 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{segment, Client};
+use crate::client::Client;
 use crate::config;
 use crate::output::{age, table};
 use crate::wait::{self, Goal};
+use cove_core::percent_encode;
 
 #[derive(clap::Args)]
 pub struct LoginArgs {
@@ -234,7 +235,7 @@ pub struct ShowArgs {
 }
 
 pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", segment(&args.name))).await?;
+    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", percent_encode(&args.name))).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&w)?);
         return Ok(ExitCode::SUCCESS);
@@ -281,7 +282,7 @@ async fn set_desired(client: &Client, args: &StateArgs, desired: DesiredState) -
     client
         .json(
             Method::PATCH,
-            &format!("/api/v1/workspaces/{}", segment(&args.name)),
+            &format!("/api/v1/workspaces/{}", percent_encode(&args.name)),
             Some(&json!({ "desired_state": desired })),
         )
         .await
@@ -309,7 +310,7 @@ pub async fn restart(client: &Client, args: StateArgs) -> anyhow::Result<ExitCod
 
 pub async fn rm(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
     let ws: WorkspaceView =
-        client.json(Method::DELETE, &format!("/api/v1/workspaces/{}", segment(&args.name)), None::<&()>).await?;
+        client.json(Method::DELETE, &format!("/api/v1/workspaces/{}", percent_encode(&args.name)), None::<&()>).await?;
     if !args.wait.no_wait {
         wait::until(client, &args.name, Goal::Gone, ws.actual_generation, args.wait.timeout()).await?;
     }
@@ -328,7 +329,7 @@ pub async fn set(client: &Client, args: SetArgs) -> anyhow::Result<ExitCode> {
     let mut body = json!({});
     args.settings.apply(&mut body);
     let ws: WorkspaceView =
-        client.json(Method::PATCH, &format!("/api/v1/workspaces/{}", segment(&args.name)), Some(&body)).await?;
+        client.json(Method::PATCH, &format!("/api/v1/workspaces/{}", percent_encode(&args.name)), Some(&body)).await?;
     if restarts {
         eprintln!("{}: updated; if it runs, it restarts with the new resources", ws.name);
     } else {
@@ -354,7 +355,11 @@ pub struct ExecArgs {
 pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let body = json!({ "cmd": args.cmd, "env": args.env, "workdir": args.workdir });
     let response = client
-        .send(client.request(Method::POST, &format!("/api/v1/workspaces/{}/exec", segment(&args.name))).json(&body))
+        .send(
+            client
+                .request(Method::POST, &format!("/api/v1/workspaces/{}/exec", percent_encode(&args.name)))
+                .json(&body),
+        )
         .await?;
     let mut stream = response.bytes_stream();
     let mut buffer: Vec<u8> = vec![];
@@ -394,7 +399,7 @@ pub struct LogsArgs {
 }
 
 pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/api/v1/workspaces/{}/logs?follow={}", segment(&args.name), args.follow);
+    let mut path = format!("/api/v1/workspaces/{}/logs?follow={}", percent_encode(&args.name), args.follow);
     if let Some(n) = args.tail {
         path.push_str(&format!("&tail={n}"));
     }
@@ -494,7 +499,7 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
             }
         }
         TokensCommand::Revoke { id } => {
-            client.send(client.request(Method::DELETE, &format!("/api/v1/tokens/{}", segment(&id)))).await?;
+            client.send(client.request(Method::DELETE, &format!("/api/v1/tokens/{}", percent_encode(&id)))).await?;
             eprintln!("token {id} revoked");
         }
     }
@@ -561,7 +566,7 @@ pub struct OpenArgs {
 }
 
 pub async fn open(client: &Client, args: OpenArgs) -> anyhow::Result<ExitCode> {
-    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", segment(&args.name))).await?;
+    let w: WorkspaceView = client.get(&format!("/api/v1/workspaces/{}", percent_encode(&args.name))).await?;
     let url = w.app_url.replace("{app}", &args.app);
     println!("{url}");
     if !args.print && std::io::stdout().is_terminal() && std::env::var_os("DISPLAY").is_some() {
@@ -581,11 +586,11 @@ pub struct ShareArgs {
 }
 
 pub async fn share(client: &Client, args: ShareArgs) -> anyhow::Result<ExitCode> {
-    let base = format!("/api/v1/workspaces/{}/apps", segment(&args.name));
+    let base = format!("/api/v1/workspaces/{}/apps", percent_encode(&args.name));
     match (args.app, args.level) {
         (Some(app), Some(level)) => {
             let v: Value = client
-                .json(Method::PUT, &format!("{base}/{}", segment(&app)), Some(&json!({ "share": level })))
+                .json(Method::PUT, &format!("{base}/{}", percent_encode(&app)), Some(&json!({ "share": level })))
                 .await?;
             eprintln!(
                 "{} {app}: {} ({})",

@@ -88,15 +88,8 @@ struct ServerArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "COVE_LISTEN", default_value = cove_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Where the database and server state live (default: the user's data dir, `cove/`).
-    #[arg(long, env = "COVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// The container engine's API endpoint (default: DOCKER_HOST, then the Podman and Docker sockets).
-    #[arg(long, env = "DOCKER_HOST")]
-    engine: Option<String>,
-    /// Label objects with this instance id instead of the stored one.
-    #[arg(long, env = "COVE_INSTANCE", hide = true)]
-    instance: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Image for workspaces created without one.
     #[arg(long, env = "COVE_DEFAULT_IMAGE", default_value = cove_server::DEFAULT_IMAGE)]
     default_image: String,
@@ -106,15 +99,9 @@ struct ServerArgs {
     /// Longest retry delay, in milliseconds, for a workspace whose last step failed.
     #[arg(long, default_value_t = 30_000)]
     max_backoff_ms: u64,
-    /// App hosts are `<app>--<workspace>--<owner>.<apps-domain>`; `localhost` needs no DNS.
-    #[arg(long, env = "COVE_APPS_DOMAIN", default_value = "localhost")]
-    apps_domain: String,
     /// The dashboard's address as browsers reach it (default http://localhost:<port>).
     #[arg(long, env = "COVE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Seconds a script's request to a stopped workspace waits for it to start.
-    #[arg(long, default_value_t = 60)]
-    wake_wait: u32,
     /// Milliseconds between checks for idle workspaces.
     #[arg(long, default_value_t = 10_000)]
     idle_check_interval_ms: u64,
@@ -125,22 +112,49 @@ struct ProxyArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7081")]
     listen: SocketAddr,
-    /// The server's data directory (its database and ticket key).
-    #[arg(long, env = "COVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// The container engine's API endpoint (default: detected, as for the server).
-    #[arg(long, env = "DOCKER_HOST")]
-    engine: Option<String>,
-    #[arg(long, env = "COVE_INSTANCE", hide = true)]
-    instance: Option<String>,
-    #[arg(long, env = "COVE_APPS_DOMAIN", default_value = "localhost")]
-    apps_domain: String,
+    #[command(flatten)]
+    common: CommonArgs,
     /// The server's dashboard address, where browsers are sent to log in.
     #[arg(long, env = "COVE_PUBLIC_URL", default_value = "http://localhost:7080")]
     public_url: String,
+}
+
+/// What `cove server` and `cove proxy` both take.
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// Where the database and server state live (default: the user's data dir, `cove/`);
+    /// `cove proxy` uses the server's.
+    #[arg(long, env = "COVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The container engine's API endpoint (default: DOCKER_HOST, then the Podman and Docker sockets).
+    #[arg(long, env = "DOCKER_HOST")]
+    engine: Option<String>,
+    /// Label objects with this instance id instead of the stored one.
+    #[arg(long, env = "COVE_INSTANCE", hide = true)]
+    instance: Option<String>,
+    /// App hosts are `<app>--<workspace>--<owner>.<apps-domain>`; `localhost` needs no DNS.
+    #[arg(long, env = "COVE_APPS_DOMAIN", default_value = "localhost")]
+    apps_domain: String,
     /// Seconds a script's request to a stopped workspace waits for it to start.
     #[arg(long, default_value_t = 60)]
     wake_wait: u32,
+}
+
+impl CommonArgs {
+    /// A configuration listening on `listen`, with these settings and defaults for the rest.
+    fn config(self, listen: SocketAddr, public_url: &str) -> anyhow::Result<cove_server::Config> {
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => config::data_dir()?,
+        };
+        let mut config = cove_server::Config::new(listen, data_dir);
+        config.engine_endpoint = self.engine;
+        config.instance = self.instance;
+        config.apps_domain = self.apps_domain;
+        config.public_url = public_url.trim_end_matches('/').to_string();
+        config.wake_wait = std::time::Duration::from_secs(u64::from(self.wake_wait));
+        Ok(config)
+    }
 }
 
 fn main() -> ExitCode {
@@ -202,16 +216,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     init_logging();
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => config::data_dir()?,
-    };
-    let mut config = cove_server::Config::new(args.listen, data_dir);
-    config.engine_endpoint = args.engine;
-    config.instance = args.instance;
-    config.apps_domain = args.apps_domain;
-    config.public_url = args.public_url.trim_end_matches('/').to_string();
-    config.wake_wait = std::time::Duration::from_secs(u64::from(args.wake_wait));
+    let config = args.common.config(args.listen, &args.public_url)?;
     let proxy = cove_server::start_proxy(config).await?;
     for note in &proxy.notes {
         eprintln!("{note}");
@@ -231,18 +236,9 @@ fn init_logging() {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => config::data_dir()?,
-    };
-    let mut config = cove_server::Config::new(args.listen, data_dir);
-    config.engine_endpoint = args.engine;
-    config.instance = args.instance;
+    let mut config = args.common.config(args.listen, args.public_url.as_deref().unwrap_or_default())?;
     config.default_image = args.default_image;
     config.reconcile = cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms);
-    config.apps_domain = args.apps_domain;
-    config.public_url = args.public_url.unwrap_or_default().trim_end_matches('/').to_string();
-    config.wake_wait = std::time::Duration::from_secs(u64::from(args.wake_wait));
     config.idle_check_interval = std::time::Duration::from_millis(args.idle_check_interval_ms.max(100));
     config.activity_flush_interval = config.idle_check_interval.min(std::time::Duration::from_secs(5));
     let server = cove_server::start(config).await?;

@@ -9,7 +9,8 @@ use cove_core::{ActualState, DesiredState};
 use cove_server::views::WorkspaceView;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{is_not_found, segment, Client};
+use crate::client::{is_not_found, Client};
+use cove_core::percent_encode;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Goal {
@@ -37,7 +38,7 @@ pub async fn until(
     let deadline = started + timeout;
     let mut last_state = None;
     loop {
-        let ws = match client.get::<WorkspaceView>(&format!("/api/v1/workspaces/{}", segment(key))).await {
+        let ws = match client.get::<WorkspaceView>(&format!("/api/v1/workspaces/{}", percent_encode(key))).await {
             Ok(ws) => ws,
             Err(e) if goal == Goal::Gone && is_not_found(&e) => {
                 progress.finish(&format!("{key}: deleted"));

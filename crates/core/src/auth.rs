@@ -80,6 +80,16 @@ pub enum ShareLevel {
 }
 
 impl ShareLevel {
+    /// Whether `caller` (`None` when nobody is logged in) may open an app at this level of a
+    /// workspace owned by `owner`.
+    pub fn allows(self, owner: UserId, caller: Option<UserId>) -> bool {
+        match self {
+            ShareLevel::Public => true,
+            ShareLevel::Authenticated => caller.is_some(),
+            ShareLevel::Owner => caller == Some(owner),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShareLevel::Owner => "owner",
@@ -97,6 +107,27 @@ impl FromStr for ShareLevel {
             "authenticated" => Ok(ShareLevel::Authenticated),
             "public" => Ok(ShareLevel::Public),
             _ => Err(format!("{s:?} is not a share level; use owner, authenticated or public")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_levels() {
+        let (owner, other) = (UserId::new_random(), UserId::new_random());
+        for (level, anonymous, someone_else, the_owner) in [
+            (ShareLevel::Owner, false, false, true),
+            (ShareLevel::Authenticated, false, true, true),
+            (ShareLevel::Public, true, true, true),
+        ] {
+            assert_eq!(
+                (level.allows(owner, None), level.allows(owner, Some(other)), level.allows(owner, Some(owner))),
+                (anonymous, someone_else, the_owner),
+                "{level:?}"
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod name;
 pub mod plan;
 pub mod resources;
 pub mod state;
+pub mod text;
 pub mod workspace;
 
 pub use auth::{hash_token, ApiToken, Role, ShareLevel, User};
@@ -19,4 +20,5 @@ pub use name::{Name, NameError};
 pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};
 pub use resources::{format_duration, format_size, parse_duration, parse_size, Resources, ResourcesError};
 pub use state::{ActualState, DesiredState};
+pub use text::percent_encode;
 pub use workspace::{Workspace, WorkspaceSpec, DEFAULT_IDLE_TIMEOUT_SECONDS};

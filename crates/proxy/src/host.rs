@@ -16,6 +16,16 @@ pub enum App {
     Named(String),
 }
 
+/// The app's name as share levels and URLs use it: the port number, or the name.
+impl std::fmt::Display for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            App::Port(port) => write!(f, "{port}"),
+            App::Named(name) => f.write_str(name),
+        }
+    }
+}
+
 /// A parsed app host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppHost {

@@ -60,7 +60,7 @@ pub fn container_state(state: Option<&str>) -> ContainerState {
 /// `GET /containers/json?all=1&filters=...` on `endpoint` (`unix://` or `tcp://`).
 pub async fn list(endpoint: &str, filters: &HashMap<String, Vec<String>>) -> Result<Vec<Listed>> {
     let filters = serde_json::to_string(filters).map_err(|e| BackendError::Engine(e.to_string()))?;
-    let path = format!("/containers/json?all=1&filters={}", percent_encode(&filters));
+    let path = format!("/containers/json?all=1&filters={}", cove_core::percent_encode(&filters));
     let unreachable = |message: String| BackendError::Unreachable { endpoint: endpoint.to_string(), message };
     let response = if let Some(socket) = endpoint.strip_prefix("unix://") {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
@@ -84,15 +84,6 @@ pub async fn list(endpoint: &str, filters: &HashMap<String, Vec<String>>) -> Res
     }
     serde_json::from_slice(&body)
         .map_err(|e| BackendError::Engine(format!("list containers: unexpected answer from the engine ({e})")))
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -124,10 +115,5 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert!(listed[0].has_name("x"));
         assert!(!listed[1].is_running());
-    }
-
-    #[test]
-    fn filters_are_encoded() {
-        assert_eq!(percent_encode(r#"{"label":["a=b"]}"#), "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
     }
 }

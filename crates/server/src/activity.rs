@@ -37,27 +37,19 @@ impl Activity {
     }
 
     pub async fn flush(&self, store: &dyn Store) {
-        let batch: Vec<_> = self.lock().drain().map(|(id, (at, kind))| (id, at, kind.to_string())).collect();
-        if batch.is_empty() {
+        let drained: Vec<_> = self.lock().drain().collect();
+        if drained.is_empty() {
             return;
         }
+        let batch: Vec<_> = drained.iter().map(|(id, (at, kind))| (*id, *at, kind.to_string())).collect();
         if let Err(e) = store.workspace_record_activity(&batch).await {
             tracing::warn!(error = %e, "could not record activity; keeping it for the next flush");
             let mut pending = self.lock();
-            for (id, at, kind) in batch {
-                let kind = kind_name(&kind);
-                pending.entry(id).or_insert((at, kind));
+            for (id, seen) in drained {
+                // Activity recorded meanwhile is newer: it wins.
+                pending.entry(id).or_insert(seen);
             }
         }
-    }
-}
-
-fn kind_name(kind: &str) -> &'static str {
-    match kind {
-        "http" => "http",
-        "websocket" => "websocket",
-        "exec" => "exec",
-        _ => "other",
     }
 }
 

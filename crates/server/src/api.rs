@@ -12,9 +12,9 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use cove_core::{hash_token, Name, Role};
+use cove_core::{Name, Role};
 use cove_runtime::{ExecEvent, ExecRequest, LogOptions};
-use cove_store::{NewToken, NewUser};
+use cove_store::NewUser;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -110,22 +110,11 @@ async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let invalid = || ApiError::Unauthenticated("invalid username or password".into());
-    let found = match Name::parse(&body.username) {
-        Ok(name) => state.store.user_get_by_name_with_password(&name).await?,
-        Err(_) => None,
-    };
-    let stored = found.as_ref().map(|(_, hash)| hash.clone());
-    let password = body.password;
-    // argon2 is deliberately slow; keep it off the async workers.
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal("password check", e))?;
-    let Some((user, _)) = found.filter(|_| ok) else {
-        return Err(invalid());
+    let Some(user) = auth::check_password(state.store.as_ref(), &body.username, body.password).await? else {
+        return Err(ApiError::Unauthenticated("invalid username or password".into()));
     };
     let token_name = body.token_name.unwrap_or_else(|| "cli".into());
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name).await?;
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, None).await?;
     tracing::info!(user = %user.name, token = %token.id, "logged in");
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "user": UserView::from(&user) }))))
 }
@@ -180,11 +169,7 @@ async fn create_token(
         Some(days) => Some(Utc::now() + Duration::days(i64::from(days.min(3650)))),
         None => None,
     };
-    let secret = auth::new_token_secret();
-    let token = state
-        .store
-        .token_create(NewToken { user: user.id, name: name.to_string(), token_hash: hash_token(&secret), expires_at })
-        .await?;
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, expires_at).await?;
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
 }
 

@@ -76,21 +76,32 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(contents.as_bytes())
 }
 
+/// Makes a token for `user`; the secret is returned once and only its hash is stored.
 pub async fn issue_token(
     store: &dyn Store,
     user: &User,
     name: &str,
+    expires_at: Option<chrono::DateTime<Utc>>,
 ) -> Result<(String, cove_core::ApiToken), ApiError> {
     let secret = new_token_secret();
     let token = store
-        .token_create(NewToken {
-            user: user.id,
-            name: name.to_string(),
-            token_hash: hash_token(&secret),
-            expires_at: None,
-        })
+        .token_create(NewToken { user: user.id, name: name.to_string(), token_hash: hash_token(&secret), expires_at })
         .await?;
     Ok((secret, token))
+}
+
+/// The user with this name and password, or `None`. The same work is done whether or not
+/// the user exists, and argon2 runs off the async workers: it is deliberately slow.
+pub async fn check_password(store: &dyn Store, username: &str, password: String) -> Result<Option<User>, ApiError> {
+    let found = match Name::parse(username) {
+        Ok(name) => store.user_get_by_name_with_password(&name).await?,
+        Err(_) => None,
+    };
+    let stored = found.as_ref().map(|(_, hash)| hash.clone());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal("password check", e))?;
+    Ok(found.filter(|_| ok).map(|(user, _)| user))
 }
 
 /// The authenticated caller of an API route.

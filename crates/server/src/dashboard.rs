@@ -3,13 +3,13 @@
 //! and `/metrics`. The full dashboard comes later; `/` lists the user's workspaces.
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use chrono::Utc;
-use cove_core::{hash_token, ActualState, Name, ShareLevel, User};
-use cove_proxy::{parse_host, App};
+use cove_core::{hash_token, ActualState, ApiToken, User};
+use cove_proxy::parse_host;
 use serde::Deserialize;
 
 use crate::{auth, pages, AppState};
@@ -25,18 +25,11 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<(User, String)> {
-    let secret = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)?
-        .1
-        .to_string();
-    let (_, user) = state.store.token_authenticate(&hash_token(&secret), Utc::now()).await.ok()??;
-    Some((user, secret))
+/// The logged-in user and their session's token, from the session cookie.
+async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<(User, ApiToken)> {
+    let secret = crate::gate::cookie(headers, SESSION_COOKIE)?;
+    let (token, user) = state.store.token_authenticate(&hash_token(secret), Utc::now()).await.ok()??;
+    Some((user, token))
 }
 
 #[derive(Deserialize)]
@@ -57,18 +50,10 @@ struct LoginForm {
 
 async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
     let next = form.next.unwrap_or_else(|| "/".into());
-    let found = match Name::parse(&form.username) {
-        Ok(name) => state.store.user_get_by_name_with_password(&name).await.ok().flatten(),
-        Err(_) => None,
-    };
-    let stored = found.as_ref().map(|(_, h)| h.clone());
-    let password = form.password;
-    let ok =
-        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref())).await.unwrap_or(false);
-    let Some((user, _)) = found.filter(|_| ok) else {
+    let Ok(Some(user)) = auth::check_password(state.store.as_ref(), &form.username, form.password).await else {
         return pages::login_form(&next, Some("Invalid username or password."));
     };
-    let Ok((secret, _)) = auth::issue_token(state.store.as_ref(), &user, "browser session").await else {
+    let Ok((secret, _)) = auth::issue_token(state.store.as_ref(), &user, "browser session", None).await else {
         return pages::html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Cannot log in",
@@ -77,10 +62,7 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
     };
     tracing::info!(user = %user.name, "logged in to the dashboard");
     let mut response = pages::redirect(&safe_next(&next));
-    let cookie = format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax{}", secure(&state));
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
+    pages::set_cookie(&mut response, SESSION_COOKIE, &secret, state.config.https(), None);
     response
 }
 
@@ -92,24 +74,12 @@ fn safe_next(next: &str) -> String {
     "/".to_string()
 }
 
-fn secure(state: &AppState) -> &'static str {
-    if state.config.public_url.starts_with("https:") {
-        "; Secure"
-    } else {
-        ""
-    }
-}
-
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some((user, secret)) = session_user(&state, &headers).await {
-        if let Ok(Some((token, _))) = state.store.token_authenticate(&hash_token(&secret), Utc::now()).await {
-            let _ = state.store.token_delete(user.id, token.id).await;
-        }
+    if let Some((user, token)) = session_user(&state, &headers).await {
+        let _ = state.store.token_delete(user.id, token.id).await;
     }
     let mut response = pages::redirect("/login");
-    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
+    pages::set_cookie(&mut response, SESSION_COOKIE, "", state.config.https(), Some(0));
     response
 }
 
@@ -128,14 +98,19 @@ async fn app_ticket(State(state): State<AppState>, headers: HeaderMap, Query(q):
         return pages::not_found();
     };
     let Some((user, _)) = session_user(&state, &headers).await else {
-        let here = format!("/auth/app?target={}", pages::encode(&q.target));
-        return pages::redirect(&format!("/login?next={}", pages::encode(&here)));
+        let here = format!("/auth/app?target={}", cove_core::percent_encode(&q.target));
+        return pages::redirect(&format!("/login?next={}", cove_core::percent_encode(&here)));
     };
     if !may_open(&state, &user, &host).await {
         return pages::not_found();
     }
     let ticket = state.signer.ticket(&host.host, user.id, path, Utc::now());
-    pages::redirect(&format!("{}://{}/__cove/auth?ticket={}", scheme_host.0, host.host, pages::encode(&ticket)))
+    pages::redirect(&format!(
+        "{}://{}/__cove/auth?ticket={}",
+        scheme_host.0,
+        host.host,
+        cove_core::percent_encode(&ticket)
+    ))
 }
 
 /// ("http", "host:port") and the path of an absolute http(s) URL.
@@ -151,21 +126,10 @@ fn split_target(target: &str) -> Option<((&str, &str), &str)> {
     Some(((scheme, host), path))
 }
 
+/// The same rule the proxy applies, so a ticket is only issued where it will be honoured.
 async fn may_open(state: &AppState, user: &User, host: &cove_proxy::AppHost) -> bool {
-    let Ok(Some((owner, _))) = state.store.user_get_by_name_with_password(&host.owner).await else {
-        return false;
-    };
-    let Ok(ws) = state.store.workspace_get_by_name(owner.id, &host.workspace).await else {
-        return false;
-    };
-    let app = match &host.app {
-        App::Port(p) => p.to_string(),
-        App::Named(n) => n.clone(),
-    };
-    match state.store.app_share_get(ws.id, &app).await.ok().flatten().unwrap_or(ShareLevel::Owner) {
-        ShareLevel::Public | ShareLevel::Authenticated => true,
-        ShareLevel::Owner => ws.owner == user.id,
-    }
+    let route = crate::gate::lookup(state.store.as_ref(), &host.owner, &host.workspace).await;
+    route.ok().flatten().is_some_and(|r| r.allows(&host.app, Some(user.id)))
 }
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, User, UserId, Workspace, WorkspaceId};
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Verdict, APP_COOKIE};
-use cove_store::{StoreError, WorkspacePatch};
+use cove_store::{Store, StoreError, WorkspacePatch};
 use serde_json::json;
 
 use crate::activity::Activity;
@@ -30,10 +30,35 @@ const TOKEN_TTL: Duration = Duration::from_secs(10);
 const PATIENCE_AFTER_WAKE: Duration = Duration::from_secs(30);
 const RECENT: chrono::Duration = chrono::Duration::seconds(60);
 
+/// A workspace an app host names, and the share levels of its apps.
 #[derive(Clone)]
-struct Route {
-    workspace: Workspace,
+pub struct Route {
+    pub workspace: Workspace,
     shares: HashMap<String, ShareLevel>,
+}
+
+impl Route {
+    /// Whether `caller` (`None` for nobody logged in) may open `app`; owner-only by default.
+    pub fn allows(&self, app: &App, caller: Option<UserId>) -> bool {
+        let share = self.shares.get(&app.to_string()).copied().unwrap_or(ShareLevel::Owner);
+        share.allows(self.workspace.owner, caller)
+    }
+}
+
+/// The workspace `<owner>/<workspace>` with its share levels; `None` if there is none, or it
+/// is being deleted.
+pub async fn lookup(store: &dyn Store, owner: &Name, workspace: &Name) -> Result<Option<Route>, StoreError> {
+    let Some((user, _)) = store.user_get_by_name_with_password(owner).await? else {
+        return Ok(None);
+    };
+    match store.workspace_get_by_name(user.id, workspace).await {
+        Ok(ws) if ws.desired != DesiredState::Terminated => {
+            let shares = store.app_share_list(ws.id).await?.into_iter().collect();
+            Ok(Some(Route { workspace: ws, shares }))
+        }
+        Ok(_) | Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// (owner, workspace) -> what was found, and when.
@@ -133,17 +158,7 @@ impl AppGate {
         if let Some(route) = self.state.routes.get(&key) {
             return Ok(route);
         }
-        let route = match self.state.store.user_get_by_name_with_password(owner).await? {
-            None => None,
-            Some((user, _)) => match self.state.store.workspace_get_by_name(user.id, workspace).await {
-                Ok(ws) if ws.desired != DesiredState::Terminated => {
-                    let shares = self.state.store.app_share_list(ws.id).await?.into_iter().collect();
-                    Some(Route { workspace: ws, shares })
-                }
-                Ok(_) | Err(StoreError::NotFound) => None,
-                Err(e) => return Err(e),
-            },
-        };
+        let route = lookup(self.state.store.as_ref(), owner, workspace).await?;
         self.state.routes.put(key, route.clone());
         Ok(route)
     }
@@ -159,7 +174,8 @@ impl AppGate {
                 )),
             };
         }
-        let session = cookie(parts, APP_COOKIE).and_then(|c| self.signer.check_session(c, &host.host, Utc::now()).ok());
+        let session =
+            cookie(&parts.headers, APP_COOKIE).and_then(|c| self.signer.check_session(c, &host.host, Utc::now()).ok());
         Ok(session.map_or(Identity::Anonymous, |s| Identity::Session(s.user)))
     }
 
@@ -181,17 +197,13 @@ impl AppGate {
         match self.signer.redeem(&ticket, &host.host, Utc::now()) {
             Ok(ticket) => {
                 let session = self.signer.session(&host.host, ticket.user, Utc::now());
-                let secure = if self.state.config.public_url.starts_with("https:") { "; Secure" } else { "" };
-                let cookie = format!("{APP_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax{secure}");
                 let path = if ticket.path.starts_with('/') && !ticket.path.starts_with("//") {
                     ticket.path
                 } else {
                     "/".into()
                 };
                 let mut response = pages::redirect(&path);
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    response.headers_mut().append(header::SET_COOKIE, v);
-                }
+                pages::set_cookie(&mut response, APP_COOKIE, &session, self.state.config.https(), None);
                 response
             }
             Err(e) => {
@@ -257,15 +269,7 @@ impl AppGate {
             Ok(i) => i,
             Err(response) => return Ok(Verdict::Respond(response)),
         };
-        let app = match &host.app {
-            App::Port(p) => p.to_string(),
-            App::Named(n) => n.clone(),
-        };
-        let allowed = route.as_ref().is_some_and(|r| match r.shares.get(&app).copied().unwrap_or(ShareLevel::Owner) {
-            ShareLevel::Public => true,
-            ShareLevel::Authenticated => identity.user().is_some(),
-            ShareLevel::Owner => identity.user() == Some(r.workspace.owner),
-        });
+        let allowed = route.as_ref().is_some_and(|r| r.allows(&host.app, identity.user()));
         let browser = wants_html(parts);
         let Some(route) = route.filter(|_| allowed) else {
             // Unknown and not-yours look the same; without a login, both ask for one.
@@ -301,32 +305,34 @@ impl AppGate {
         // The cached route is the fast path; when it says "running" but the container has no
         // address, the cache is behind (an idle stop, a crash): ask the store.
         let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
-        let ws = if running(&ws) && self.address(&ws).await.is_some() {
-            ws
-        } else {
-            self.state.routes.invalidate();
-            let fresh = self.state.store.workspace_get(ws.id).await?;
-            if running(&fresh) {
-                fresh
-            } else {
-                self.wake(&fresh).await?
+        let cached = if running(&ws) { self.address(&ws).await } else { None };
+        let (ws, ip, recently_woken) = match cached {
+            Some(ip) => {
+                let recently_woken = Utc::now() - ws.updated_at < RECENT;
+                (ws, ip, recently_woken)
             }
-        };
-        let recently_woken = Utc::now() - ws.updated_at < RECENT;
-        let ws = if ws.actual == ActualState::Running && ws.desired == DesiredState::Running {
-            ws
-        } else if browser {
-            return Ok(Verdict::Respond(pages::starting(&ws)));
-        } else {
-            let deadline = Instant::now() + self.state.config.wake_wait;
-            let ws = self.wait_running(ws.id, deadline).await?;
-            if ws.actual != ActualState::Running {
-                return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
+            None => {
+                self.state.routes.invalidate();
+                let fresh = self.state.store.workspace_get(ws.id).await?;
+                let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
+                let recently_woken = Utc::now() - ws.updated_at < RECENT;
+                let ws = if running(&ws) {
+                    ws
+                } else if browser {
+                    return Ok(Verdict::Respond(pages::starting(&ws)));
+                } else {
+                    let deadline = Instant::now() + self.state.config.wake_wait;
+                    let ws = self.wait_running(ws.id, deadline).await?;
+                    if ws.actual != ActualState::Running {
+                        return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
+                    }
+                    ws
+                };
+                let Some(ip) = self.address(&ws).await else {
+                    return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
+                };
+                (ws, ip, recently_woken)
             }
-            ws
-        };
-        let Some(ip) = self.address(&ws).await else {
-            return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
         };
         let upstream = SocketAddr::new(ip, port);
         if recently_woken {
@@ -364,7 +370,7 @@ impl AppGate {
     fn login_url(&self, parts: &http::request::Parts, host: &AppHost) -> String {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let target = format!("{}://{}{}", self.state.config.forwarded_proto(), host.host, path);
-        format!("{}/auth/app?target={}", self.state.config.public_url, pages::encode(&target))
+        format!("{}/auth/app?target={}", self.state.config.public_url, cove_core::percent_encode(&target))
     }
 }
 
@@ -419,9 +425,8 @@ fn bearer(parts: &http::request::Parts) -> Option<&str> {
 }
 
 /// The value of cookie `name`, from any Cookie header.
-pub fn cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

@@ -67,8 +67,13 @@ impl Config {
         }
     }
 
+    /// Whether browsers reach Cove over HTTPS: cookies are then marked Secure.
+    pub fn https(&self) -> bool {
+        self.public_url.starts_with("https:")
+    }
+
     pub fn forwarded_proto(&self) -> &'static str {
-        if self.public_url.starts_with("https:") {
+        if self.https() {
             "https"
         } else {
             "http"
@@ -141,17 +146,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             path.display()
         ));
     }
-    let instance = match &config.instance {
-        Some(i) => i.clone(),
-        None => store.instance_id().await?,
-    };
-    let engine =
-        engine::connect(&EngineConfig { endpoint: config.engine_endpoint.clone(), state_dir: config.data_dir.clone() })
-            .await?;
-    if let Some(note) = &engine.note {
-        notes.push(note.clone());
-    }
-    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
+    let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
+    notes.extend(engine.note.clone());
     match backend.ping().await {
         Ok(info) => notes.push(format!("container engine: {} {} at {}", info.kind, info.version, info.endpoint)),
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
@@ -213,6 +209,9 @@ pub fn proxy_for(state: AppState) -> cove_proxy::Proxy {
 /// state, which the server's reconciler acts on at its next pass, and it records activity.
 /// The server stays the only process that reconciles and stops idle workspaces.
 pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
+    if config.public_url.is_empty() {
+        anyhow::bail!("give the server's address with --public-url, so that logins can be sent there");
+    }
     let db_path = config.data_dir.join("cove.db");
     if !db_path.exists() {
         anyhow::bail!("no Cove database at {}; start `cove server` with this data directory first", db_path.display());
@@ -220,19 +219,9 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db_path).await.with_context(|| format!("cannot open the database {}", db_path.display()))?,
     );
-    let instance = match &config.instance {
-        Some(i) => i.clone(),
-        None => store.instance_id().await?,
-    };
-    let engine =
-        engine::connect(&EngineConfig { endpoint: config.engine_endpoint.clone(), state_dir: config.data_dir.clone() })
-            .await?;
+    let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
     let mut notes: Vec<String> = engine.note.iter().cloned().collect();
-    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
-    if config.public_url.is_empty() {
-        anyhow::bail!("give the server's address with --public-url, so that logins can be sent there");
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -254,6 +243,23 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
         .fallback(|| async { pages::not_found() });
     let serve = tokio::spawn(async move { cove_proxy::serve(listener, proxy, fallback).await });
     Ok(Server { addr, notes, serve, _engine: engine })
+}
+
+/// This control plane's instance id (configured, or the one kept in the store), the engine
+/// (found, or started), and a backend that labels and sees only that instance's objects.
+async fn connect_engine(
+    config: &Config,
+    store: &dyn Store,
+) -> anyhow::Result<(String, engine::Engine, Arc<dyn Backend>)> {
+    let instance = match &config.instance {
+        Some(i) => i.clone(),
+        None => store.instance_id().await?,
+    };
+    let engine =
+        engine::connect(&EngineConfig { endpoint: config.engine_endpoint.clone(), state_dir: config.data_dir.clone() })
+            .await?;
+    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
+    Ok((instance, engine, backend))
 }
 
 /// Which process is being assembled: only the server stops idle workspaces.

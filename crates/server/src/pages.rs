@@ -11,15 +11,6 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub fn decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -76,6 +67,21 @@ pub fn redirect(location: &str) -> Response {
     }
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Sets a host-only (no Domain), HttpOnly, SameSite=Lax cookie on `response`, Secure over
+/// HTTPS. `Some(0)` as `max_age` deletes it.
+pub fn set_cookie(response: &mut Response, name: &str, value: &str, secure: bool, max_age: Option<u32>) {
+    let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if let Some(seconds) = max_age {
+        cookie.push_str(&format!("; Max-Age={seconds}"));
+    }
+    if secure {
+        cookie.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
 }
 
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -139,7 +145,7 @@ mod tests {
     #[test]
     fn encoding_round_trips() {
         for s in ["http://8080--api--ada.localhost:7080/a b?c=d&e=%", "plain", "", "ü/€"] {
-            assert_eq!(decode(&encode(s)), s);
+            assert_eq!(decode(&cove_core::percent_encode(s)), s);
         }
         assert_eq!(decode("a+b%2"), "a b%2");
         assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");

@@ -107,9 +107,9 @@ pub fn view(state: &AppState, ws: &Workspace) -> crate::views::WorkspaceView {
     let mut v = crate::views::WorkspaceView::from(ws);
     v.app_url = state.config.app_url("{app}", ws.name.as_str(), ws.owner_name.as_str());
     if ws.actual == cove_core::ActualState::Running {
-        let pending = state.activity.pending(ws.id).map(|(at, _)| at);
-        v.idle_stop_at = crate::activity::idle_stop_at(ws, pending);
-        if let Some((at, kind)) = state.activity.pending(ws.id) {
+        let pending = state.activity.pending(ws.id);
+        v.idle_stop_at = crate::activity::idle_stop_at(ws, pending.map(|(at, _)| at));
+        if let Some((at, kind)) = pending {
             v.last_activity_at = Some(at);
             v.last_activity_kind = Some(kind.to_string());
         }

@@ -33,7 +33,7 @@ async fn api() -> Api {
         })
         .await
         .unwrap();
-    let (token, _) = auth::issue_token(store.as_ref(), &user, "test").await.unwrap();
+    let (token, _) = auth::issue_token(store.as_ref(), &user, "test", None).await.unwrap();
     let fake = Arc::new(FakeBackend::new());
     fake.add_image("img:1");
     let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };

@@ -64,7 +64,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
             .user_create(NewUser { name: Name::parse(name).unwrap(), role: Role::Member, password_hash: hash })
             .await
             .unwrap();
-        let (token, _) = auth::issue_token(store.as_ref(), &user, "test").await.unwrap();
+        let (token, _) = auth::issue_token(store.as_ref(), &user, "test", None).await.unwrap();
         users.push((user, token));
     }
     let (bob, bob_token) = users.pop().unwrap();
@@ -174,7 +174,7 @@ impl World {
         let target = format!("http://{host}{path}");
         let (status, headers, _) = self
             .get(
-                &format!("http://localhost:{}/auth/app?target={}", self.port, cove_server::pages::encode(&target)),
+                &format!("http://localhost:{}/auth/app?target={}", self.port, cove_core::percent_encode(&target)),
                 &[("cookie", session)],
             )
             .await;
@@ -277,12 +277,12 @@ async fn another_users_private_workspace_looks_like_nothing_at_all() {
     let mine = format!(
         "http://localhost:{}/auth/app?target={}",
         w.port,
-        cove_server::pages::encode(&w.url(&w.app_host(), "/"))
+        cove_core::percent_encode(&w.url(&w.app_host(), "/"))
     );
     let nothing = format!(
         "http://localhost:{}/auth/app?target={}",
         w.port,
-        cove_server::pages::encode(&w.url(&w.host("8080", "nope", "alice"), "/"))
+        cove_core::percent_encode(&w.url(&w.host("8080", "nope", "alice"), "/"))
     );
     let (s1, _, b1) = w.get(&mine, &[("cookie", &bob)]).await;
     let (s2, _, b2) = w.get(&nothing, &[("cookie", &bob)]).await;
