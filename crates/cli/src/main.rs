@@ -38,6 +38,9 @@ enum Command {
     /// Build workspace images without a registry.
     #[command(subcommand)]
     Image(commands::ImageCommand),
+    /// Run as a workspace's agent (Cove starts this inside every workspace).
+    #[command(hide = true)]
+    Agent,
     /// Print shell completions, e.g. `cove completions bash > /etc/bash_completion.d/cove`.
     Completions { shell: clap_complete::Shell },
     #[command(flatten)]
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
+        Command::Agent => agent().await.map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -223,6 +227,11 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     println!("cove proxy listening on http://{}", proxy.addr);
     proxy.run_until_signal().await
+}
+
+async fn agent() -> anyhow::Result<()> {
+    init_logging();
+    cove_agent::run(cove_agent::Config::default()).await
 }
 
 fn init_logging() {

@@ -8,6 +8,10 @@ use crate::{ActualState, DesiredState, Name, Resources, UserId, WorkspaceId};
 
 pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u32 = 30 * 60;
 pub const MAX_IMAGE_REF_LEN: usize = 255;
+/// Bumped when the way Cove lays out a workspace's container changes (its main process,
+/// mounts), so that the next start of every workspace replaces its container; the volume
+/// stays. 2: the injected agent replaced the placeholder main process.
+const CONTAINER_LAYOUT: u32 = 2;
 
 /// The part of a workspace that decides how its container is made. When it changes,
 /// the container is made again (the volume stays).
@@ -21,6 +25,7 @@ impl WorkspaceSpec {
     /// A short fingerprint stored as a container label, to tell an outdated container.
     pub fn hash(&self) -> String {
         let mut h = Sha256::new();
+        h.update(CONTAINER_LAYOUT.to_le_bytes());
         h.update(self.image.as_bytes());
         h.update(b"\n");
         h.update(self.resources.cpus_milli.to_le_bytes());

@@ -60,18 +60,59 @@ pub struct DockerBackend {
     /// Whether the client's API version has been matched to the engine's yet. Done lazily
     /// because the server must start while the engine is down.
     negotiated: AtomicBool,
+    /// The agent and friends; without it, workspaces run a placeholder main process.
+    injection: Option<crate::Injection>,
 }
 
 impl DockerBackend {
     /// `endpoint` is only used in messages; `instance` scopes every object this backend
     /// makes, observes or removes.
     pub fn new(docker: Docker, endpoint: String, instance: String) -> Self {
-        Self { docker: std::sync::Mutex::new(Some(docker)), endpoint, instance, negotiated: AtomicBool::new(false) }
+        Self {
+            docker: std::sync::Mutex::new(Some(docker)),
+            endpoint,
+            instance,
+            negotiated: AtomicBool::new(false),
+            injection: None,
+        }
     }
 
     /// A backend whose client is made on first use, once `endpoint`'s socket exists.
     pub fn lazy(endpoint: String, instance: String) -> Self {
-        Self { docker: std::sync::Mutex::new(None), endpoint, instance, negotiated: AtomicBool::new(false) }
+        Self { docker: std::sync::Mutex::new(None), endpoint, instance, negotiated: AtomicBool::new(false), injection: None }
+    }
+
+    /// Workspaces made from now on run the injected agent as their main process.
+    pub fn with_injection(mut self, injection: crate::Injection) -> Self {
+        self.injection = Some(injection);
+        self
+    }
+
+    /// The container's user, command and extra mounts: the agent's (as root, which drops to
+    /// the workspace user for everything it starts) or the placeholder's.
+    fn main_process(&self, spec: &ContainerSpec) -> Result<(String, Vec<String>, Vec<Mount>)> {
+        let Some(injection) = &self.injection else {
+            let cmd = vec!["/bin/sh".into(), "-c".into(), IDLE_COMMAND.into()];
+            return Ok((format!("{WORKSPACE_UID}:{WORKSPACE_UID}"), cmd, vec![]));
+        };
+        let run_dir = injection.ensure_run_dir(spec.workspace).map_err(|e| {
+            BackendError::Engine(format!("create the run directory for workspace {}: {e}", spec.name))
+        })?;
+        let bind = |source: &std::path::Path, target: &str, read_only: bool| Mount {
+            target: Some(target.into()),
+            source: Some(source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
+        let mut mounts = vec![
+            bind(&injection.agent_dir, cove_core::agent::AGENT_DIR, true),
+            bind(&run_dir, cove_core::agent::RUN_DIR, false),
+        ];
+        if let Some(editor) = &injection.editor_dir {
+            mounts.push(bind(editor, cove_core::agent::EDITOR_DIR, true));
+        }
+        Ok(("0:0".into(), crate::inject::agent_command(), mounts))
     }
 
     pub fn container_name(spec: &ContainerSpec) -> String {
@@ -273,14 +314,23 @@ impl Backend for DockerBackend {
         let name = Self::container_name(spec);
         let mut labels = self.labels(spec);
         labels.insert(LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone());
-        let user = format!("{WORKSPACE_UID}:{WORKSPACE_UID}");
+        let (user, cmd, extra_mounts) = self.main_process(spec)?;
+        let mut mounts = vec![Mount {
+            target: Some(WORKSPACE_HOME.into()),
+            source: Some(Self::volume_name(spec)),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }];
+        mounts.extend(extra_mounts);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: Some(user),
             env: Some(vec![format!("HOME={WORKSPACE_HOME}"), "USER=cove".into()]),
             working_dir: Some(WORKSPACE_HOME.into()),
             hostname: Some(spec.name.to_string()),
-            cmd: Some(vec!["/bin/sh".into(), "-c".into(), IDLE_COMMAND.into()]),
+            cmd: Some(cmd),
+            // The image's entrypoint would wrap (or replace) the agent.
+            entrypoint: Some(vec![]),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 // Without an init the idle shell ignores SIGTERM as PID 1 and every stop
@@ -290,12 +340,7 @@ impl Backend for DockerBackend {
                 memory: Some(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX)),
                 pids_limit: Some(PIDS_LIMIT),
                 privileged: Some(false),
-                mounts: Some(vec![Mount {
-                    target: Some(WORKSPACE_HOME.into()),
-                    source: Some(Self::volume_name(spec)),
-                    typ: Some(MountType::VOLUME),
-                    ..Default::default()
-                }]),
+                mounts: Some(mounts),
                 tmpfs: Some(HashMap::from([(WORKSPACE_SCRATCH.to_string(), SCRATCH_OPTIONS.to_string())])),
                 ..Default::default()
             }),

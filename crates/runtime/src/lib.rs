@@ -13,6 +13,7 @@ pub mod docker;
 pub mod engine;
 pub mod fake;
 pub mod images;
+pub mod inject;
 mod listing;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 pub use docker::DockerBackend;
 pub use fake::FakeBackend;
+pub use inject::Injection;
 
 pub const LABEL_WORKSPACE: &str = "cove.workspace";
 pub const LABEL_INSTANCE: &str = "cove.instance";

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod dashboard;
@@ -108,6 +109,7 @@ pub struct AppState {
     pub activity: Arc<activity::Activity>,
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
+    pub agents: Arc<agents::Agents>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -165,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let routes: Arc<gate::RouteCache> = Arc::default();
     routes.follow(reconciler.changes());
     let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    agents::spawn_sync(state.clone());
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
     let proxy = Arc::new(proxy_for(state.clone()));
     let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());
@@ -258,8 +261,29 @@ async fn connect_engine(
     let engine =
         engine::connect(&EngineConfig { endpoint: config.engine_endpoint.clone(), state_dir: config.data_dir.clone() })
             .await?;
-    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()));
+    let injection = agent_injection(&config.data_dir)?;
+    let backend: Arc<dyn Backend> = Arc::new(engine.backend(instance.clone()).with_injection(injection));
     Ok((instance, engine, backend))
+}
+
+/// The agent (this binary, with its loader and libraries) ready to mount into workspaces,
+/// and where their run directories live.
+fn agent_injection(data_dir: &std::path::Path) -> anyhow::Result<cove_runtime::Injection> {
+    let exe = std::env::current_exe().context("cannot find the cove binary to inject as the workspace agent")?;
+    let agent_dir = cove_runtime::inject::prepare_agent_dir(data_dir, &exe)
+        .context("cannot prepare the workspace agent for injection")?;
+    let editor_dir = data_dir.join("editor/current");
+    Ok(cove_runtime::Injection {
+        agent_dir,
+        run_root: run_root(data_dir),
+        editor_dir: editor_dir.is_dir().then_some(editor_dir),
+    })
+}
+
+/// Where workspaces' run directories (the agents' sockets) live. Unix socket paths are
+/// limited to about 100 bytes, so this must stay short.
+pub fn run_root(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("run")
 }
 
 /// Which process is being assembled: only the server stops idle workspaces.
@@ -284,6 +308,7 @@ fn assemble(
 ) -> AppState {
     let metrics = Arc::new(cove_proxy::Metrics::default());
     let activity = Arc::new(activity::Activity::default());
+    let agents = Arc::new(agents::Agents::new(Some(run_root(&config.data_dir))));
     activity::spawn(
         store.clone(),
         activity.clone(),
@@ -306,5 +331,6 @@ fn assemble(
         activity,
         signer,
         metrics,
+        agents,
     }
 }

@@ -29,6 +29,9 @@ pub struct WorkspaceView {
     pub idle_stop_at: Option<DateTime<Utc>>,
     /// Its apps' address, with `{app}` standing for a port or app name.
     pub app_url: String,
+    /// What the in-workspace agent last reported, while the workspace runs.
+    #[serde(default)]
+    pub agent: Option<crate::agents::AgentStatus>,
 }
 
 impl From<&Workspace> for WorkspaceView {
@@ -53,6 +56,7 @@ impl From<&Workspace> for WorkspaceView {
             last_activity_kind: w.last_activity_kind.clone(),
             idle_stop_at: None,
             app_url: String::new(),
+            agent: None,
         }
     }
 }

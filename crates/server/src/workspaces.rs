@@ -113,6 +113,7 @@ pub fn view(state: &AppState, ws: &Workspace) -> crate::views::WorkspaceView {
             v.last_activity_at = Some(at);
             v.last_activity_kind = Some(kind.to_string());
         }
+        v.agent = state.agents.status(ws.id);
     }
     v
 }

@@ -52,6 +52,7 @@ async fn api() -> Api {
         activity: Arc::default(),
         signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
         metrics: Arc::default(),
+        agents: Arc::new(cove_server::agents::Agents::new(None)),
     };
     Api { router: cove_server::router(state), token, _dir: dir }
 }

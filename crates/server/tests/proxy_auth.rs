@@ -89,6 +89,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
         activity: Arc::default(),
         signer: Arc::new(Signer::with_key(KEY)),
         metrics: Arc::default(),
+        agents: Arc::new(cove_server::agents::Agents::new(None)),
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
     let app = cove_server::router(state);
