@@ -11,6 +11,7 @@ use axum::response::Response;
 use cove_core::WorkspaceId;
 
 use crate::host::AppHost;
+use crate::upstream::Upstream;
 
 /// Where to send an admitted request, and how.
 #[derive(Clone, Debug)]
@@ -18,8 +19,12 @@ pub struct Admitted {
     pub workspace: WorkspaceId,
     /// `owner/workspace`: the `workspace` label of the metrics, and the name in error pages.
     pub label: String,
-    /// The app's address inside the container network.
-    pub upstream: SocketAddr,
+    /// Where the app listens: its address inside the container network, or a UNIX socket.
+    pub upstream: Upstream,
+    /// Headers set on the upstream request after the rewrite (hop-by-hop headers and Cove's
+    /// credentials removed): each replaces every header of that name the client sent, so a
+    /// client cannot forge them (say, the secret the in-workspace agent requires).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The request authenticated with a Cove bearer token: remove `Authorization` before
     /// forwarding, so the app never sees the token.
     pub strip_authorization: bool,

@@ -10,7 +10,7 @@
 //!
 //! 1. **resolve host** — [`parse_host`]: which app of which workspace of which owner;
 //! 2. **admit** — [`Gate::admit`]: the server authenticates, wakes the workspace if needed and
-//!    names the upstream address, or answers the request itself ([`Verdict::Respond`]);
+//!    names the upstream (a TCP address or a UNIX socket), or answers the request itself ([`Verdict::Respond`]);
 //! 3. **rewrite** — hop-by-hop headers out, `X-Forwarded-*` in, Cove's own cookie and
 //!    credentials removed (`rewrite`);
 //! 4. **forward** — wait for the upstream if it may still be starting, send over a pooled
@@ -31,12 +31,14 @@ mod proxy;
 mod rewrite;
 mod serve;
 mod tunnel;
+mod upstream;
 
 pub use gate::{ActivityKind, Admitted, Gate, Verdict};
 pub use host::{parse_host, App, AppHost};
 pub use metrics::Metrics;
 pub use proxy::{Config, Proxy};
 pub use serve::serve;
+pub use upstream::Upstream;
 
 /// The name of Cove's own cookie on app hosts (the server's session for the app). The proxy
 /// never forwards it upstream: the app must not see — or be able to replay — Cove credentials.

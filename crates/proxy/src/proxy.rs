@@ -15,10 +15,8 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::account::{AccountedBody, Exchange, RequestTally, TalliedBody};
@@ -27,6 +25,7 @@ use crate::host::{request_host, AppHost};
 use crate::metrics::Metrics;
 use crate::rewrite::{self, Forwarding};
 use crate::tunnel;
+use crate::upstream::{Connector, Upstream};
 
 /// How often a refused connection is retried while the upstream may still be starting.
 const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -54,7 +53,7 @@ pub struct Proxy {
     config: Config,
     gate: Arc<dyn Gate>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
 }
 
 /// Why a request could not be forwarded, by whose doing.
@@ -76,10 +75,7 @@ enum ForwardError {
 
 impl Proxy {
     pub fn new(config: Config, gate: Arc<dyn Gate>, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        // Small writes (server-sent events, WebSocket frames) should leave at once.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = Connector { timeout: CONNECT_TIMEOUT };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_UPSTREAM)
@@ -117,17 +113,20 @@ impl Proxy {
         // which do not travel upstream.
         let client_upgrade = if websocket { parts.extensions.remove::<OnUpgrade>() } else { None };
         let sent_host = request_host(&parts.uri, &parts.headers).unwrap_or(&host.host).to_string();
-        let forwarding = Forwarding {
-            upstream: admitted.upstream,
-            peer: peer.ip(),
-            host: &sent_host,
-            proto: &self.config.forwarded_proto,
-            strip_authorization: admitted.strip_authorization,
-            websocket,
-        };
         let body = Body::new(TalliedBody::new(body, tally.clone()));
-
-        let outcome = match rewrite::upstream_request(parts, body, &forwarding) {
+        let request = admitted.upstream.authority().and_then(|upstream| {
+            let forwarding = Forwarding {
+                upstream,
+                peer: peer.ip(),
+                host: &sent_host,
+                proto: &self.config.forwarded_proto,
+                strip_authorization: admitted.strip_authorization,
+                websocket,
+                headers: &admitted.headers,
+            };
+            rewrite::upstream_request(parts, body, &forwarding)
+        });
+        let outcome = match request {
             Ok(request) => self.forward(request, &admitted, &tally).await,
             Err(error) => Err(ForwardError::Proxy(error)),
         };
@@ -158,7 +157,7 @@ impl Proxy {
         tally: &RequestTally,
     ) -> Result<Response<Incoming>, ForwardError> {
         if !admitted.connect_patience.is_zero() {
-            await_listener(admitted.upstream, admitted.connect_patience)
+            await_listener(&admitted.upstream, admitted.connect_patience)
                 .await
                 .map_err(|error| ForwardError::Unreachable(error.into()))?;
         }
@@ -204,20 +203,20 @@ impl Proxy {
     /// Logs a failed exchange by origin and answers the client.
     fn fail(&self, error: ForwardError, mut exchange: Exchange, admitted: &Admitted) -> Response<Body> {
         let workspace = &admitted.label;
-        let port = admitted.upstream.port();
+        let place = match &admitted.upstream {
+            Upstream::Tcp(addr) => format!("on port {}", addr.port()),
+            Upstream::Unix(_) => "on its socket".to_string(),
+        };
         let cause = causes(&error);
         let (status, message) = match &error {
             ForwardError::Unreachable(_) => {
                 tracing::warn!(origin = "upstream", %workspace, upstream = %admitted.upstream, %cause, "app unreachable");
                 self.gate.upstream_failed(admitted.workspace);
-                (StatusCode::BAD_GATEWAY, format!("workspace {workspace}: nothing answers on port {port}\n"))
+                (StatusCode::BAD_GATEWAY, format!("workspace {workspace}: nothing answers {place}\n"))
             }
             ForwardError::Upstream(_) => {
                 tracing::warn!(origin = "upstream", %workspace, upstream = %admitted.upstream, %cause, "app failed");
-                (
-                    StatusCode::BAD_GATEWAY,
-                    format!("workspace {workspace}: the app on port {port} did not answer properly\n"),
-                )
+                (StatusCode::BAD_GATEWAY, format!("workspace {workspace}: the app {place} did not answer properly\n"))
             }
             ForwardError::Client(_) => {
                 tracing::debug!(origin = "client", %workspace, %cause, "client broke off");
@@ -244,14 +243,14 @@ fn text_response(status: StatusCode, message: String) -> Response<Body> {
     response
 }
 
-/// Waits until something accepts TCP connections at `upstream`, for at most `patience`.
+/// Waits until something accepts connections at `upstream`, for at most `patience`.
 /// The probe connection is dropped at once; the request then goes through the pool.
-async fn await_listener(upstream: SocketAddr, patience: Duration) -> std::io::Result<()> {
+async fn await_listener(upstream: &Upstream, patience: Duration) -> std::io::Result<()> {
     let deadline = Instant::now() + patience;
     loop {
-        let attempt = tokio::time::timeout_at(deadline, TcpStream::connect(upstream)).await;
+        let attempt = tokio::time::timeout_at(deadline, upstream.probe()).await;
         let error = match attempt {
-            Ok(Ok(_probe)) => return Ok(()),
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(error)) => error,
             Err(_elapsed) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         };

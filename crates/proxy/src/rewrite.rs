@@ -5,11 +5,12 @@
 //! `X-Forwarded-*`; and Cove's own credentials (the [`APP_COOKIE`], a bearer token) stay with
 //! Cove.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Body;
 use http::header::{AUTHORIZATION, CONNECTION, COOKIE, EXPECT, HOST, UPGRADE, USER_AGENT};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
 
 use crate::APP_COOKIE;
@@ -37,7 +38,8 @@ const PROBE_AGENTS: [&str; 3] = ["kube-probe/", "prometheus/", "cove-probe"];
 
 /// What the rewrite needs to know about one exchange.
 pub(crate) struct Forwarding<'a> {
-    pub upstream: SocketAddr,
+    /// The upstream's authority in the pooled client (see `Upstream::authority`).
+    pub upstream: Authority,
     pub peer: IpAddr,
     /// The host as the client sent it.
     pub host: &'a str,
@@ -46,6 +48,8 @@ pub(crate) struct Forwarding<'a> {
     pub strip_authorization: bool,
     /// The request is a WebSocket upgrade that must reach the app as one.
     pub websocket: bool,
+    /// Set last, replacing what the client sent under these names.
+    pub headers: &'a [(HeaderName, HeaderValue)],
 }
 
 /// Whether a request asks to become a WebSocket (RFC 6455 §4.1). Only HTTP/1.1 has
@@ -72,7 +76,8 @@ pub(crate) fn is_user_activity(headers: &HeaderMap) -> bool {
 }
 
 /// Turns the client's request into the one sent to the app: always HTTP/1.1, to
-/// `http://<upstream>` with an origin-form target, the Host as the client sent it.
+/// `http://<upstream>` with an origin-form target, the Host as the client sent it, and the
+/// gate's extra headers.
 pub(crate) fn upstream_request(
     parts: Parts,
     body: Body,
@@ -96,10 +101,12 @@ pub(crate) fn upstream_request(
     // For HTTP/2 clients this turns `:authority` into Host; for HTTP/1.1 it restores the
     // original value (case and all), which the app may use to build links.
     headers.insert(HOST, HeaderValue::from_str(forwarding.host)?);
+    for (name, value) in forwarding.headers {
+        headers.insert(name, value.clone());
+    }
 
     let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
-    let uri =
-        Uri::builder().scheme("http").authority(forwarding.upstream.to_string()).path_and_query(target).build()?;
+    let uri = Uri::builder().scheme("http").authority(forwarding.upstream.clone()).path_and_query(target).build()?;
     let mut request = Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;

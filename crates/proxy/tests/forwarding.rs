@@ -199,7 +199,7 @@ async fn refused_connection_is_502_after_patience() {
     let dead = closed_port().await;
     let patience = Duration::from_millis(300);
     let (_upstream, gate, proxy) = setup_with(|gate| {
-        gate.upstream = dead;
+        gate.upstream = cove_proxy::Upstream::Tcp(dead);
         gate.patience = patience;
     })
     .await;
@@ -217,7 +217,7 @@ async fn refused_connection_is_502_after_patience() {
 #[tokio::test]
 async fn refused_connection_without_patience_fails_at_once() {
     let dead = closed_port().await;
-    let (_upstream, gate, proxy) = setup_with(|gate| gate.upstream = dead).await;
+    let (_upstream, gate, proxy) = setup_with(|gate| gate.upstream = cove_proxy::Upstream::Tcp(dead)).await;
     let response = proxy.http1().get(proxy.app_url("/")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(*gate.failed.lock().unwrap(), [gate.workspace]);
@@ -227,7 +227,7 @@ async fn refused_connection_without_patience_fails_at_once() {
 async fn upstream_starting_late_is_served_within_patience() {
     let late = closed_port().await;
     let (_upstream, gate, proxy) = setup_with(|gate| {
-        gate.upstream = late;
+        gate.upstream = cove_proxy::Upstream::Tcp(late);
         gate.patience = Duration::from_secs(10);
     })
     .await;

@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, User, UserId, Workspace, WorkspaceId};
-use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Verdict, APP_COOKIE};
+use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
 use serde_json::json;
 
@@ -334,14 +334,15 @@ impl AppGate {
                 (ws, ip, recently_woken)
             }
         };
-        let upstream = SocketAddr::new(ip, port);
+        let upstream = Upstream::Tcp(SocketAddr::new(ip, port));
         if recently_woken {
-            self.await_port(&ws, upstream).await;
+            self.await_port(&ws, port, &upstream).await;
         }
         Ok(Verdict::Forward(Admitted {
             workspace: ws.id,
             label: label(&ws),
             upstream,
+            headers: Vec::new(),
             strip_authorization: matches!(identity, Identity::Bearer(_)),
             connect_patience: Duration::ZERO,
         }))
@@ -349,15 +350,15 @@ impl AppGate {
 
     /// Right after a start the app may not listen yet: wait for it (bounded), once per
     /// container start and port. If it never comes, the proxy answers 502.
-    async fn await_port(&self, ws: &Workspace, upstream: SocketAddr) {
-        let key = (ws.id, upstream.port(), ws.actual_generation);
+    async fn await_port(&self, ws: &Workspace, port: u16, upstream: &Upstream) {
+        let key = (ws.id, port, ws.actual_generation);
         if self.listening.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
             return;
         }
         let deadline = Instant::now() + PATIENCE_AFTER_WAKE;
         while Instant::now() < deadline {
-            let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(upstream)).await;
-            if let Ok(Ok(_probe)) = attempt {
+            let attempt = tokio::time::timeout(Duration::from_secs(1), upstream.probe()).await;
+            if let Ok(Ok(())) = attempt {
                 let mut listening = self.listening.lock().unwrap_or_else(|p| p.into_inner());
                 listening.retain(|(id, _, generation)| *id != ws.id || *generation == ws.actual_generation);
                 listening.insert(key);

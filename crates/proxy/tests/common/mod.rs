@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cove_core::WorkspaceId;
-use cove_proxy::{ActivityKind, Admitted, AppHost, Config, Gate, Metrics, Proxy, Verdict};
+use cove_proxy::{ActivityKind, Admitted, AppHost, Config, Gate, Metrics, Proxy, Upstream as UpstreamAddr, Verdict};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
@@ -99,6 +99,13 @@ pub async fn start_upstream() -> Upstream {
 /// Serves the test app on a listener the test bound itself (for a late start).
 pub async fn serve_upstream(listener: TcpListener) -> Upstream {
     let addr = listener.local_addr().unwrap();
+    let (app, sse_permits) = upstream_app();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Upstream { addr, sse_permits }
+}
+
+/// The test app's routes, for serving on any listener; with the `/sse` permits.
+pub fn upstream_app() -> (Router, Arc<Semaphore>) {
     let sse_permits = Arc::new(Semaphore::new(0));
     let app = Router::new()
         .route("/big", get(big))
@@ -108,8 +115,7 @@ pub async fn serve_upstream(listener: TcpListener) -> Upstream {
         .route("/ws", get(ws))
         .route("/ws-bye", get(ws_bye))
         .with_state(UpstreamState { sse_permits: sse_permits.clone() });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Upstream { addr, sse_permits }
+    (app, sse_permits)
 }
 
 async fn big(Query(query): Query<BTreeMap<String, u64>>) -> Body {
@@ -184,7 +190,9 @@ async fn ws_bye(upgrade: WebSocketUpgrade) -> Response {
 /// A gate that admits everything to one upstream and records what the proxy tells it.
 pub struct TestGate {
     pub workspace: WorkspaceId,
-    pub upstream: SocketAddr,
+    pub upstream: UpstreamAddr,
+    /// Extra headers the gate asks the proxy to set upstream.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub strip_authorization: bool,
     pub patience: Duration,
     pub activity: Mutex<Vec<ActivityKind>>,
@@ -195,9 +203,14 @@ pub struct TestGate {
 
 impl TestGate {
     pub fn new(upstream: SocketAddr) -> Self {
+        Self::to(UpstreamAddr::Tcp(upstream))
+    }
+
+    pub fn to(upstream: UpstreamAddr) -> Self {
         Self {
             workspace: WorkspaceId::new_random(),
             upstream,
+            headers: Vec::new(),
             strip_authorization: false,
             patience: Duration::ZERO,
             activity: Mutex::new(Vec::new()),
@@ -220,7 +233,8 @@ impl Gate for TestGate {
         Verdict::Forward(Admitted {
             workspace: self.workspace,
             label: LABEL.to_string(),
-            upstream: self.upstream,
+            upstream: self.upstream.clone(),
+            headers: self.headers.clone(),
             strip_authorization: self.strip_authorization,
             connect_patience: self.patience,
         })
