@@ -57,7 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
     println!("cove agent {VERSION}: starting in workspace {host}");
     let control = control::Control::new(config.run_dir.join(contract::CONTROL_SOCKET));
-    report_state(&control, AgentState::Starting, Some("preparing the workspace user".into())).await;
+    let reporter = StateReporter::spawn(control.clone());
+    reporter.report(AgentState::Starting, Some("preparing the workspace user".into()));
 
     let (user, prepared) = user::WorkspaceUser::prepare(&config.root).context("prepare the workspace user")?;
     if prepared.added_user {
@@ -75,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     start_on_start_hook(&user);
 
     println!("cove agent: ready");
-    report_state(&control, AgentState::Ready, None).await;
+    reporter.report(AgentState::Ready, None);
     let served = endpoint::serve(listener, agent.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -105,29 +106,51 @@ fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Tells the control plane how the agent is doing. Retried briefly in the background: the
-/// control plane may be restarting, and its next look at the agent's health catches up.
-async fn report_state(control: &control::Control, state: AgentState, message: Option<String>) {
-    let report = StateReport { state, message, version: VERSION.into() };
-    let control = control.clone();
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..20 {
-            match control.post("/v1/state", &report).await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(error = %e, "cannot report the agent's state yet"),
+/// Tells the control plane how the agent is doing, in order: one task sends the latest
+/// state, retrying while the control plane is away (it may be restarting); a newer state
+/// replaces one not yet sent.
+#[derive(Clone)]
+pub struct StateReporter {
+    latest: Arc<tokio::sync::watch::Sender<StateReport>>,
+}
+
+impl StateReporter {
+    pub fn spawn(control: control::Control) -> Self {
+        let initial = StateReport { state: AgentState::Starting, message: None, version: VERSION.into() };
+        let (latest, mut wanted) = tokio::sync::watch::channel(initial);
+        tokio::spawn(async move {
+            loop {
+                let report = wanted.borrow_and_update().clone();
+                let mut pause = Duration::from_millis(100);
+                let mut superseded = false;
+                while let Err(e) = control.post("/v1/state", &report).await {
+                    tracing::debug!(error = %e, "cannot report the agent's state yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        // `changed` marks the new value seen: send it next, without waiting.
+                        _ = wanted.changed() => { superseded = true; break; }
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                if !superseded && wanted.changed().await.is_err() {
+                    return;
+                }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    });
+        });
+        Self { latest: Arc::new(latest) }
+    }
+
+    pub fn report(&self, state: AgentState, message: Option<String>) {
+        self.latest.send_replace(StateReport { state, message, version: VERSION.into() });
+    }
 }
 
 /// `~/.cove/on-start`, if executable, runs in the background on every start (output in
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
 fn start_on_start_hook(user: &user::WorkspaceUser) {
     let hook = user.home.join(".cove/on-start");
-    let executable = std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+    let executable =
+        std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
         return;
     }
