@@ -30,6 +30,8 @@ use cove_core::agent::{self as contract, AgentState, StateReport};
 pub use endpoint::Agent;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often the agent repeats its state when nothing changes.
+const STATE_HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// Where the agent finds what Cove mounted; the defaults are the paths in a workspace.
 #[derive(Clone, Debug)]
@@ -60,15 +62,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reporter = StateReporter::spawn(control.clone());
     reporter.report(AgentState::Starting, Some("preparing the workspace user".into()));
 
-    let (user, prepared) = user::WorkspaceUser::prepare(&config.root).context("prepare the workspace user")?;
+    let (user, prepared) = match user::WorkspaceUser::prepare(&config.root) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // The workspace stays reachable (exec, the endpoint) so the human can look; the
+            // user's processes still never run as root.
+            let message = format!("step 'prepare the workspace user' failed: {e}");
+            println!("cove agent: {message}");
+            reporter.report(AgentState::Failed, Some(message));
+            (user::WorkspaceUser::fallback(), user::Prepared::default())
+        }
+    };
     if prepared.added_user {
         println!("cove agent: the image has no user with uid {}; added {:?}", user.uid, user.name);
     }
     if prepared.chowned_home {
         println!("cove agent: gave {} to {}", user.home.display(), user.name);
     }
-    ensure_user_dir(&user, &user.home.join("project"))?;
-    ensure_user_dir(&user, &config.run_dir.join(contract::USER_RUN_SUBDIR))?;
+    for dir in [user.home.join("project"), config.run_dir.join(contract::USER_RUN_SUBDIR)] {
+        if let Err(e) = ensure_user_dir(&user, &dir) {
+            println!("cove agent: {e:#}");
+        }
+    }
 
     let agent = Agent::new(user.clone(), control.clone(), new_secret());
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
@@ -76,7 +91,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     start_on_start_hook(&user);
 
     println!("cove agent: ready");
-    reporter.report(AgentState::Ready, None);
+    if reporter.current() != AgentState::Failed {
+        reporter.report(AgentState::Ready, None);
+    }
     let served = endpoint::serve(listener, agent.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -107,8 +124,8 @@ fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()>
 }
 
 /// Tells the control plane how the agent is doing, in order: one task sends the latest
-/// state, retrying while the control plane is away (it may be restarting); a newer state
-/// replaces one not yet sent.
+/// state, retrying while the control plane is away (it may be restarting), and repeats it
+/// every [`STATE_HEARTBEAT`]; a newer state replaces one not yet sent.
 #[derive(Clone)]
 pub struct StateReporter {
     latest: Arc<tokio::sync::watch::Sender<StateReport>>,
@@ -132,12 +149,22 @@ impl StateReporter {
                     }
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
-                if !superseded && wanted.changed().await.is_err() {
-                    return;
+                if superseded {
+                    continue;
+                }
+                // Said again now and then, so a control plane that restarted (and forgot)
+                // learns it without waiting for a change.
+                tokio::select! {
+                    changed = wanted.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(STATE_HEARTBEAT) => {}
                 }
             }
         });
         Self { latest: Arc::new(latest) }
+    }
+
+    pub fn current(&self) -> AgentState {
+        self.latest.borrow().state
     }
 
     pub fn report(&self, state: AgentState, message: Option<String>) {
