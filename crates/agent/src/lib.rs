@@ -7,6 +7,8 @@
 //! * serves one HTTP endpoint to the control plane, on a unix socket in the run directory
 //!   that only the host can reach, guarded by a secret made fresh at every start
 //!   ([`endpoint`]): health, and the services below;
+//! * serves the web terminal: shells on PTYs in sessions that survive reloads and drops,
+//!   with scrollback ([`terminal`]);
 //! * reports its state and the user's activity to the control plane ([`control`],
 //!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP.
 //!
@@ -18,6 +20,7 @@ pub mod activity;
 pub mod control;
 pub mod endpoint;
 pub mod pty;
+pub mod terminal;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -127,7 +130,8 @@ async fn report_state(control: &control::Control, state: AgentState, message: Op
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
 fn start_on_start_hook(user: &user::WorkspaceUser) {
     let hook = user.home.join(".cove/on-start");
-    let executable = std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+    let executable =
+        std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
         return;
     }
