@@ -7,6 +7,8 @@
 //! * serves one HTTP endpoint to the control plane, on a unix socket in the run directory
 //!   that only the host can reach, guarded by a secret made fresh at every start
 //!   ([`endpoint`]): health, and the services below;
+//! * serves the web terminal: shells on PTYs in sessions that survive reloads and drops,
+//!   with scrollback ([`terminal`]);
 //! * reports its state and the user's activity to the control plane ([`control`],
 //!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP.
 //!
@@ -18,6 +20,7 @@ pub mod activity;
 pub mod control;
 pub mod endpoint;
 pub mod pty;
+pub mod terminal;
 pub mod user;
 
 use std::path::{Path, PathBuf};

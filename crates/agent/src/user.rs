@@ -172,6 +172,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
