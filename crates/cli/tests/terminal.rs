@@ -127,3 +127,28 @@ fn the_web_terminal_runs_a_shell_in_a_real_workspace() {
         ws["agent"]["sessions"].is_object() && ws["agent"]["sessions"].get("terminal").is_none()
     });
 }
+
+/// In a real Chromium, through the proxy: the term address of a stopped workspace logs in,
+/// wakes it, shows a shell that runs what is typed, and a reload reattaches to that shell.
+#[test]
+fn the_web_terminal_works_in_a_browser_through_the_proxy_and_survives_a_reload() {
+    let server = TestServer::start();
+    server.ok(&["create", "shell"]);
+    server.ok(&["stop", "shell"]);
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
+    let out = std::process::Command::new("node")
+        .arg("tests/browser/terminal.mjs")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env("TERM_URL", format!("http://term--shell--admin.localhost:{}/", server.port()))
+        .env("COVE_PASSWORD", server.admin_password())
+        .env("SCREENSHOT_DIR", &shots)
+        .output()
+        .expect("node must be installed (scripts/install-deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(summary["sawStartingPage"], true, "{summary}");
+    assert_eq!(summary["replayed"], true, "{summary}");
+    assert_eq!(summary["sameShell"], true, "{summary}");
+    assert_eq!(state(&server.show("shell")), ("Running", "Running"));
+}
