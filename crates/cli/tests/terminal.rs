@@ -152,3 +152,39 @@ fn the_web_terminal_works_in_a_browser_through_the_proxy_and_survives_a_reload()
     assert_eq!(summary["sameShell"], true, "{summary}");
     assert_eq!(state(&server.show("shell")), ("Running", "Running"));
 }
+
+/// Typing in the terminal is activity the agent reports: it keeps a workspace with a short
+/// idle timeout running well past the timeout; once the typing stops, the idle stop comes.
+/// The terminal is reached on the agent's socket, not through the proxy, so the only
+/// activity the control plane hears of is the agent's.
+#[test]
+fn terminal_input_postpones_the_idle_stop_and_its_absence_lets_it_come() {
+    let server = TestServer::start();
+    server.ok(&["create", "busy", "--idle-timeout", "4s"]);
+    let run: PathBuf = server.data_dir.join("run").join(server.workspace_id("busy").to_string());
+    let socket = run.join("agent.sock");
+    let secret = poll("the agent's socket and secret", WAIT, || {
+        let secret = std::fs::read_to_string(run.join("secret")).ok()?;
+        std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        Some(secret.trim().to_string())
+    });
+    let rt = support::rt();
+    let mut term = rt.block_on(attach(&socket, &secret, None));
+    // Three timeouts' worth of typing, a keystroke every half second.
+    let typing_until = std::time::Instant::now() + Duration::from_secs(12);
+    let mut n = 0;
+    while std::time::Instant::now() < typing_until {
+        n += 1;
+        rt.block_on(async {
+            term.input(&format!("echo tick-$(({n}*1))\n")).await;
+            term.until(&format!("tick-{n}\r\n")).await;
+        });
+        assert_eq!(state(&server.show("busy")), ("Running", "Running"), "stopped while typing (tick {n})");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let shown = server.show("busy");
+    assert_eq!(shown["last_activity_kind"], "terminal", "{shown}");
+    // The session stays open but idle: that alone does not keep the workspace awake.
+    server.wait_for("busy", "the idle stop once typing stopped", WAIT, |ws| state(ws) == ("Stopped", "Stopped"));
+    drop(term);
+}
