@@ -28,42 +28,15 @@ pub struct PushArgs {
 }
 
 #[derive(Deserialize, serde::Serialize)]
-struct Pushed {
-    to: String,
-    files: u64,
-    directories: u64,
-    bytes: u64,
+pub struct Pushed {
+    pub to: String,
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
 }
 
 pub async fn push(client: &Client, args: PushArgs) -> anyhow::Result<ExitCode> {
-    let meta = std::fs::metadata(&args.dir).with_context(|| format!("cannot read {}", args.dir.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a folder; push a folder (its contents go into ~/{})", args.dir.display(), args.to);
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-    let dir = args.dir.clone();
-    let packer = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter { tx: tx.clone() };
-        let result = pack(&dir, writer);
-        if let Err(e) = &result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-        }
-        result
-    });
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let path = format!("/api/v1/workspaces/{}/files?to={}", percent_encode(&args.name), percent_encode(&args.to));
-    let request = client.request(Method::PUT, &path).header("content-type", "application/x-tar").body(body);
-    let sent = client.send(request).await;
-    let packed = packer.await.context("the archive packer stopped")?;
-    // A failure to read the local tree says more than the broken upload it caused; a
-    // refusal by the server says more than the packer's broken pipe.
-    match packed {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(anyhow::Error::new(e).context(format!("cannot pack {}", args.dir.display())));
-        }
-        _ => {}
-    }
-    let pushed: Pushed = sent?.json().await.context("the server's answer is not what this CLI expects")?;
+    let pushed = upload(client, &args.name, &args.dir, &args.to).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&pushed)?);
     } else {
@@ -76,6 +49,44 @@ pub async fn push(client: &Client, args: PushArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks that `dir` can be pushed, before anything is made for it.
+pub fn check_dir(dir: &Path, to: &str) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a folder; push a folder (its contents go into ~/{to})", dir.display());
+    }
+    Ok(())
+}
+
+/// Streams `dir` into workspace `name` at `~/to`.
+pub async fn upload(client: &Client, name: &str, dir: &Path, to: &str) -> anyhow::Result<Pushed> {
+    check_dir(dir, to)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    let local = dir.to_path_buf();
+    let packer = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter { tx: tx.clone() };
+        let result = pack(&local, writer);
+        if let Err(e) = &result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        result
+    });
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let path = format!("/api/v1/workspaces/{}/files?to={}", percent_encode(name), percent_encode(to));
+    let request = client.request(Method::PUT, &path).header("content-type", "application/x-tar").body(body);
+    let sent = client.send(request).await;
+    let packed = packer.await.context("the archive packer stopped")?;
+    // A failure to read the local tree says more than the broken upload it caused; a
+    // refusal by the server says more than the packer's broken pipe.
+    match packed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context(format!("cannot pack {}", dir.display())));
+        }
+        _ => {}
+    }
+    sent?.json().await.context("the server's answer is not what this CLI expects")
 }
 
 /// Writes `dir`'s contents as a tar archive; symbolic links stay links.

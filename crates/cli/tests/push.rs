@@ -155,3 +155,19 @@ fn push_works_on_docker_engine_too() {
     server.ok(&["start", "never"]);
     check_pushed(&server, "never", "project", local.path());
 }
+
+#[test]
+fn create_from_a_folder_starts_with_the_files_in_place() {
+    let server = TestServer::start();
+    let local = tempfile::tempdir().unwrap();
+    tree(local.path());
+    server.ok(&["create", "seeded", "--from-dir", local.path().to_str().unwrap()]);
+    assert_eq!(state(&server.show("seeded")), ("Running", "Running"));
+    check_pushed(&server, "seeded", "project", local.path());
+
+    // A folder that is not there: refused before anything is made.
+    let err = server.fails(&["create", "ghost", "--from-dir", "/nonexistent/checkout"]);
+    assert!(err.contains("cannot read /nonexistent/checkout"), "{err}");
+    let out = server.cove(&["show", "ghost"]);
+    assert!(!out.status.success(), "a workspace was made for a folder that does not exist");
+}
