@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod activity;
+pub mod clone;
 pub mod control;
 pub mod endpoint;
 pub mod pty;
@@ -91,20 +92,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let agent = Agent::new(user.clone(), control.clone(), new_secret());
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
     tokio::spawn(agent.activity.clone().report_loop(control.clone()));
-    start_on_start_hook(&user);
-
-    println!("cove agent: ready");
-    if reporter.current() != AgentState::Failed {
-        reporter.report(AgentState::Ready, None);
-    }
-    let served = endpoint::serve(listener, agent.clone());
+    // Served from here on: the terminal and SSH work while the code is still cloning.
+    let mut served = tokio::spawn(endpoint::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+
+    let setup = async {
+        if let Some(source) = workspace_info(&control).await.and_then(|info| info.source) {
+            if let clone::Outcome::Failed(message) = clone::ensure(&user, &source, &reporter).await {
+                // The workspace stays usable: the human can fix what failed.
+                println!("cove agent: {message}");
+                reporter.report(AgentState::Failed, Some(message));
+            }
+        }
+        start_on_start_hook(&user);
+        if reporter.current() != AgentState::Failed {
+            println!("cove agent: ready");
+            reporter.report(AgentState::Ready, None);
+        }
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
-        result = served => result.context("serve the agent's socket")?,
+        result = &mut served => result.context("serve the agent's socket")?.context("serve the agent's socket")?,
+        _ = setup => {}
         _ = term.recv() => println!("cove agent: stopping"),
         _ = tokio::signal::ctrl_c() => println!("cove agent: stopping"),
     }
     Ok(())
+}
+
+/// What the control plane says this workspace is; `None` if it cannot say (after a few
+/// tries: it may be restarting), in which case the agent starts without a repository.
+async fn workspace_info(control: &control::Control) -> Option<contract::WorkspaceInfo> {
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..8 {
+        match control.get::<contract::WorkspaceInfo>("/v1/workspace").await {
+            Ok(info) => return info,
+            Err(e) => tracing::debug!(error = %e, "cannot ask the control plane about this workspace yet"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+    println!("cove agent: the control plane did not say what this workspace is; starting without its repository");
+    None
 }
 
 /// 256 random bits, hex: the secret the control plane must present on every request.

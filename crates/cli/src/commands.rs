@@ -89,8 +89,15 @@ pub struct CreateArgs {
     stopped: bool,
     /// Fill ~/project from a local folder (uploaded as a tar stream, `.git` kept) before
     /// the first start.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "repo")]
     from_dir: Option<std::path::PathBuf>,
+    /// Clone this Git repository into ~/project at the first start (private ones through
+    /// your stored Git token); waits until the code is there.
+    #[arg(long, value_name = "URL")]
+    repo: Option<String>,
+    /// The branch to check out (default: the repository's).
+    #[arg(long, requires = "repo")]
+    branch: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
     #[arg(long)]
@@ -161,6 +168,12 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
     if let Some(v) = args.image {
         body["image"] = json!(v);
     }
+    if let Some(repo) = &args.repo {
+        body["repo"] = json!(repo);
+    }
+    if let Some(branch) = &args.branch {
+        body["branch"] = json!(branch);
+    }
     args.settings.apply(&mut body);
     let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;
     if let Some(dir) = &args.from_dir {
@@ -185,7 +198,12 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
         }
     }
     if !args.wait.no_wait {
-        let goal = if args.stopped { Goal::Stopped } else { Goal::Running };
+        let goal = match (args.stopped, args.repo.is_some()) {
+            (true, _) => Goal::Stopped,
+            // With a repository, "ready" means the code is there: the agent says so.
+            (false, true) => Goal::Ready,
+            (false, false) => Goal::Running,
+        };
         if let Some(done) = wait::until(client, &ws.name, goal, ws.actual_generation, args.wait.timeout()).await? {
             ws = done;
         }

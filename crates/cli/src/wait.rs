@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use cove_core::agent::AgentState;
 use cove_core::{ActualState, DesiredState};
 use cove_server::views::WorkspaceView;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +16,8 @@ use cove_core::percent_encode;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Goal {
     Running,
+    /// Running, and its agent has finished setting it up (the repository cloned...).
+    Ready,
     Stopped,
     Gone,
 }
@@ -46,13 +49,19 @@ pub async fn until(
             }
             Err(e) => return Err(e),
         };
-        let state = (ws.actual_state, ws.message.clone());
+        let agent_message = ws.agent.as_ref().and_then(|a| a.message.clone());
+        let state = (ws.actual_state, ws.message.clone(), agent_message);
         if last_state.as_ref() != Some(&state) {
             progress.show(&ws);
             last_state = Some(state);
         }
         let reached = match goal {
             Goal::Running => ws.desired_state == DesiredState::Running && ws.actual_state == ActualState::Running,
+            Goal::Ready => {
+                ws.desired_state == DesiredState::Running
+                    && ws.actual_state == ActualState::Running
+                    && ws.agent.as_ref().is_some_and(|a| a.state == AgentState::Ready)
+            }
             Goal::Stopped => ws.desired_state == DesiredState::Stopped && ws.actual_state == ActualState::Stopped,
             Goal::Gone => false,
         };
@@ -68,6 +77,16 @@ pub async fn until(
                 "workspace {} is {}: {why} (Cove keeps retrying; follow it with `cove show {}`)",
                 ws.name,
                 ws.actual_state,
+                ws.name
+            );
+        }
+        if let Some(agent) = ws.agent.as_ref().filter(|a| goal == Goal::Ready && a.state == AgentState::Failed) {
+            progress.abandon();
+            let why = agent.message.as_deref().unwrap_or("no details");
+            bail!(
+                "workspace {} runs, but setting it up failed: {why} (it stays usable: `cove ssh {}` or `cove logs {}`)",
+                ws.name,
+                ws.name,
                 ws.name
             );
         }
@@ -109,6 +128,9 @@ impl Progress {
         let mut line = format!("{}: {}", ws.name, ws.actual_state);
         if let Some(m) = &ws.message {
             line.push_str(&format!(" ({m})"));
+        }
+        if let Some(m) = ws.agent.as_ref().and_then(|a| a.message.as_ref()) {
+            line.push_str(&format!(" — {m}"));
         }
         match &self.bar {
             Some(bar) => bar.set_message(line),

@@ -61,3 +61,13 @@ pub struct ActivityReport {
     #[serde(default)]
     pub sessions: std::collections::BTreeMap<String, u32>,
 }
+
+/// `GET /v1/workspace` on the control socket: what the agent's workspace is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    pub name: String,
+    pub owner: String,
+    /// The repository to clone into `~/project` at the first start.
+    #[serde(default)]
+    pub source: Option<crate::RepoSource>,
+}

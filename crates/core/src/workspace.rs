@@ -72,4 +72,59 @@ pub struct Workspace {
     pub last_activity_kind: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The repository cloned into `~/project` at the first start, if any.
+    #[serde(default)]
+    pub source: Option<RepoSource>,
+}
+
+/// A Git repository a workspace starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSource {
+    pub url: String,
+    /// The branch to check out; the repository's default when `None`.
+    pub branch: Option<String>,
+}
+
+pub const MAX_REPO_URL_LEN: usize = 2048;
+
+impl RepoSource {
+    /// Checks a clone URL and branch enough to give a clear message before git does: an
+    /// `https://`, `http://`, `ssh://`, `git://` or scp-like (`git@host:path`) URL, no
+    /// whitespace or control characters, and a branch name git would accept.
+    pub fn parse(url: &str, branch: Option<&str>) -> Result<RepoSource, String> {
+        let url = url.trim();
+        if url.is_empty() || url.len() > MAX_REPO_URL_LEN {
+            return Err(format!("repo must be a clone URL of at most {MAX_REPO_URL_LEN} characters"));
+        }
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("repo {url:?} contains spaces or control characters; give a clone URL"));
+        }
+        let schemes = ["https://", "http://", "ssh://", "git://"];
+        let scp_like = !url.contains("://")
+            && url
+                .split_once(':')
+                .is_some_and(|(host, path)| !host.is_empty() && !host.contains('/') && !path.is_empty());
+        if !(schemes.iter().any(|s| url.starts_with(s)) || scp_like) || url.starts_with('-') {
+            return Err(format!(
+                "repo {url:?} is not a clone URL; use https://host/owner/repo.git or git@host:owner/repo.git"
+            ));
+        }
+        let branch = match branch.map(str::trim) {
+            None | Some("") => None,
+            Some(b) => {
+                let bad = b.starts_with('-')
+                    || b.starts_with('/')
+                    || b.ends_with('/')
+                    || b.ends_with(".lock")
+                    || b.contains("..")
+                    || b.contains("//")
+                    || b.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+                if bad || b.len() > 255 {
+                    return Err(format!("branch {b:?} is not a valid Git branch name"));
+                }
+                Some(b.to_string())
+            }
+        };
+        Ok(RepoSource { url: url.to_string(), branch })
+    }
 }

@@ -54,6 +54,7 @@ impl World {
                 resources: Resources::default(),
                 idle_timeout_seconds: 30,
                 desired,
+                source: None,
             })
             .await
             .unwrap();
@@ -192,6 +193,7 @@ async fn a_missing_image_fails_with_a_clear_message() {
             resources: Resources::default(),
             idle_timeout_seconds: 30,
             desired: DesiredState::Running,
+            source: None,
         })
         .await
         .unwrap();

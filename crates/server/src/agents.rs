@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use cove_core::agent::{self as contract, ActivityReport, AgentState, StateReport};
+use cove_core::agent::{self as contract, ActivityReport, AgentState, StateReport, WorkspaceInfo};
 use cove_core::{DesiredState, WorkspaceId};
 use serde::Serialize;
 use tokio::net::UnixListener;
@@ -176,6 +176,7 @@ pub fn control_router(control: ControlState) -> Router {
     Router::new()
         .route("/v1/state", post(report_state))
         .route("/v1/activity", post(report_activity))
+        .route("/v1/workspace", axum::routing::get(describe_workspace))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(control)
 }
@@ -205,6 +206,21 @@ async fn report_activity(State(c): State<ControlState>, Json(report): Json<Activ
         status.sessions = report.sessions;
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// What the agent needs to know about its workspace: its names and where its code comes from.
+async fn describe_workspace(State(c): State<ControlState>) -> Response {
+    match c.state.store.workspace_get(c.workspace).await {
+        Ok(ws) => {
+            Json(WorkspaceInfo { name: ws.name.to_string(), owner: ws.owner_name.to_string(), source: ws.source })
+                .into_response()
+        }
+        Err(cove_store::StoreError::NotFound) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::warn!(workspace = %c.workspace, error = %e, "cannot read a workspace for its agent");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }
 
 /// The activity kinds the store records; anything else an agent says is "agent".

@@ -32,6 +32,11 @@ pub struct WorkspaceView {
     /// What the in-workspace agent last reported, while the workspace runs.
     #[serde(default)]
     pub agent: Option<crate::agents::AgentStatus>,
+    /// The repository cloned into `~/project` at the first start.
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
 }
 
 impl From<&Workspace> for WorkspaceView {
@@ -57,6 +62,8 @@ impl From<&Workspace> for WorkspaceView {
             idle_stop_at: None,
             app_url: String::new(),
             agent: None,
+            repo: w.source.as_ref().map(|s| s.url.clone()),
+            branch: w.source.as_ref().and_then(|s| s.branch.clone()),
         }
     }
 }
@@ -128,6 +135,9 @@ pub struct CreateWorkspace {
     pub idle_timeout_seconds: Option<u32>,
     /// Create it stopped when false (default true).
     pub start: Option<bool>,
+    /// A Git repository to clone into `~/project` at the first start, and its branch.
+    pub repo: Option<String>,
+    pub branch: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]

@@ -3,7 +3,8 @@
 
 use cove_core::workspace::validate_image;
 use cove_core::{
-    parse_size, DesiredState, Name, Resources, Role, User, Workspace, WorkspaceId, DEFAULT_IDLE_TIMEOUT_SECONDS,
+    parse_size, DesiredState, Name, RepoSource, Resources, Role, User, Workspace, WorkspaceId,
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
 };
 use cove_runtime::BackendError;
 use cove_store::{NewWorkspace, StoreError, WorkspacePatch};
@@ -43,10 +44,15 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
     )?;
     let idle_timeout_seconds = idle_timeout(req.idle_timeout_seconds.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS))?;
     let desired = if req.start.unwrap_or(true) { DesiredState::Running } else { DesiredState::Stopped };
-    let ws = state
-        .store
-        .workspace_create(NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired })
-        .await?;
+    let source = match req.repo.as_deref() {
+        Some(url) => Some(RepoSource::parse(url, req.branch.as_deref()).map_err(ApiError::InvalidRequest)?),
+        None if req.branch.is_some() => {
+            return Err(ApiError::InvalidRequest("branch needs a repo to check it out from".into()))
+        }
+        None => None,
+    };
+    let new = NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired, source };
+    let ws = state.store.workspace_create(new).await?;
     tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace created");
     state.routes.invalidate();
     state.reconciler.poke();

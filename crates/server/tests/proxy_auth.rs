@@ -103,6 +103,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
             resources: Resources::default(),
             idle_timeout_seconds: 0,
             desired: DesiredState::Running,
+            source: None,
         })
         .await
         .unwrap();
@@ -443,6 +444,7 @@ async fn a_script_waits_a_bounded_time_then_gets_503_with_retry_after() {
             resources: Resources::default(),
             idle_timeout_seconds: 0,
             desired: DesiredState::Stopped,
+            source: None,
         })
         .await
         .unwrap();

@@ -56,6 +56,8 @@ pub struct NewWorkspace {
     pub resources: Resources,
     pub idle_timeout_seconds: u32,
     pub desired: DesiredState,
+    /// The repository to clone into `~/project` at the first start.
+    pub source: Option<cove_core::RepoSource>,
 }
 
 /// A change asked for by a user; `None` fields are left as they are.

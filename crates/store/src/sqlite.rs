@@ -34,7 +34,7 @@ const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, 
 const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
      w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_seconds, \
      w.desired, w.actual, w.message, w.generation, w.actual_generation, \
-     w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind \
+     w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind, w.repo_url, w.repo_branch \
      FROM workspaces w JOIN users u ON u.id = w.owner_id";
 
 #[derive(Clone, Debug)]
@@ -207,8 +207,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO workspaces (id, name, owner_id, image, cpus_milli, memory_bytes, \
              disk_bytes, idle_timeout_seconds, desired, actual, message, generation, \
-             actual_generation, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?)",
+             actual_generation, created_at, updated_at, repo_url, repo_branch) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(new.name.as_str())
@@ -222,6 +222,8 @@ impl Store for SqliteStore {
         .bind(ActualState::CreationRequested.as_str())
         .bind(now)
         .bind(now)
+        .bind(new.source.as_ref().map(|s| s.url.clone()))
+        .bind(new.source.as_ref().and_then(|s| s.branch.clone()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -476,6 +478,10 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         updated_at: time(row, "updated_at")?,
         last_activity_at: optional_time(row, "last_activity_at")?,
         last_activity_kind: row.try_get("last_activity_kind")?,
+        source: match row.try_get::<Option<String>, _>("repo_url")? {
+            Some(url) => Some(cove_core::RepoSource { url, branch: row.try_get("repo_branch")? }),
+            None => None,
+        },
     })
 }
 

@@ -70,6 +70,7 @@ fn new_workspace(owner: UserId, workspace_name: &str) -> NewWorkspace {
         resources: Resources { cpus_milli: 1500, memory_bytes: 2 * GIB, disk_bytes: Some(10 * GIB) },
         idle_timeout_seconds: 45,
         desired: DesiredState::Running,
+        source: None,
     }
 }
 
