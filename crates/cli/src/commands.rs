@@ -98,6 +98,13 @@ pub struct CreateArgs {
     /// The branch to check out (default: the repository's).
     #[arg(long, requires = "repo")]
     branch: Option<String>,
+    /// Hand-off: a webhook Cove POSTs {workspace, url, ssh, message} to once the workspace
+    /// is ready (signed: see `GET /api/v1/me/handoff-key`).
+    #[arg(long, value_name = "URL")]
+    notify: Option<String>,
+    /// The hand-off's message for the human.
+    #[arg(long, requires = "notify")]
+    message: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
     #[arg(long)]
@@ -173,6 +180,9 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
     }
     if let Some(branch) = &args.branch {
         body["branch"] = json!(branch);
+    }
+    if let Some(notify) = &args.notify {
+        body["handoff"] = json!({ "notify": notify, "message": args.message });
     }
     args.settings.apply(&mut body);
     let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;

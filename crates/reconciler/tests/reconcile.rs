@@ -55,6 +55,7 @@ impl World {
                 idle_timeout_seconds: 30,
                 desired,
                 source: None,
+                handoff: None,
             })
             .await
             .unwrap();
@@ -194,6 +195,7 @@ async fn a_missing_image_fails_with_a_clear_message() {
             idle_timeout_seconds: 30,
             desired: DesiredState::Running,
             source: None,
+            handoff: None,
         })
         .await
         .unwrap();

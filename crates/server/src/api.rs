@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi_doc))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/me/handoff-key", get(handoff_key))
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", post(create_user))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
@@ -225,7 +226,17 @@ async fn get_workspace(
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
-    Ok(Json(workspaces::view(&state, &ws)))
+    let mut view = workspaces::view(&state, &ws);
+    view.handoff = state.store.handoff_get(ws.id).await?;
+    Ok(Json(view))
+}
+
+/// The key the caller's hand-off webhooks are signed with (HMAC-SHA256).
+async fn handoff_key(State(state): State<AppState>, Caller(user): Caller) -> Json<serde_json::Value> {
+    Json(json!({
+        "key": crate::handoff::key_for(&state, user.id),
+        "algorithm": "HMAC-SHA256 of the request body, hex, in X-Cove-Signature: sha256=<hex>",
+    }))
 }
 
 async fn patch_workspace(

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod error;
 pub mod files;
 pub mod gate;
+pub mod handoff;
 pub mod openapi;
 pub mod pages;
 pub mod tickets;
@@ -169,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     routes.follow(reconciler.changes());
     let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
     agents::spawn_sync(state.clone());
+    handoff::spawn(state.clone());
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
     let proxy = Arc::new(proxy_for(state.clone()));
     let app = router(state).layer(tower_http::trace::TraceLayer::new_for_http());

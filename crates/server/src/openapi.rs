@@ -9,6 +9,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("post", "/api/v1/auth/login"),
     ("get", "/api/v1/me"),
+    ("get", "/api/v1/me/handoff-key"),
     ("get", "/api/v1/status"),
     ("post", "/api/v1/users"),
     ("get", "/api/v1/tokens"),
@@ -35,6 +36,11 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             ("Trade a username and password for a new API token", Some("Login"), "a token")
         }
         ("get", "/api/v1/me") => ("The calling user", None, "a user"),
+        ("get", "/api/v1/me/handoff-key") => (
+            "The key the caller's hand-off webhooks are signed with (X-Cove-Signature: sha256=<hex HMAC-SHA256 of the body>)",
+            None,
+            "the key, hex",
+        ),
         ("get", "/api/v1/status") => ("Instance, engine and reconciler status", None, "status"),
         ("post", "/api/v1/users") => ("Create a user (admins only)", Some("CreateUser"), "the user"),
         ("get", "/api/v1/tokens") => ("The caller's API tokens (never their secrets)", None, "tokens"),

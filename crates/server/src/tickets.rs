@@ -83,6 +83,14 @@ impl Signer {
         Self { key, used: Mutex::new(HashMap::new()) }
     }
 
+    /// A key for another purpose, derived from this one (HMAC-SHA256 of `label`), so that
+    /// one secret on disk serves several uses without any two sharing a key.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn ticket(&self, host: &str, user: UserId, path: &str, now: DateTime<Utc>) -> String {
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);

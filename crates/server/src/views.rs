@@ -37,6 +37,9 @@ pub struct WorkspaceView {
     pub repo: Option<String>,
     #[serde(default)]
     pub branch: Option<String>,
+    /// The hand-off webhook and how its delivery went (filled in by `GET` of one workspace).
+    #[serde(default)]
+    pub handoff: Option<cove_store::Handoff>,
 }
 
 impl From<&Workspace> for WorkspaceView {
@@ -64,6 +67,7 @@ impl From<&Workspace> for WorkspaceView {
             agent: None,
             repo: w.source.as_ref().map(|s| s.url.clone()),
             branch: w.source.as_ref().and_then(|s| s.branch.clone()),
+            handoff: None,
         }
     }
 }
@@ -138,6 +142,15 @@ pub struct CreateWorkspace {
     /// A Git repository to clone into `~/project` at the first start, and its branch.
     pub repo: Option<String>,
     pub branch: Option<String>,
+    /// Whom to tell (a webhook) once the workspace is ready.
+    pub handoff: Option<HandoffRequest>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffRequest {
+    pub notify: String,
+    pub message: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]

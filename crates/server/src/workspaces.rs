@@ -51,7 +51,8 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
         }
         None => None,
     };
-    let new = NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired, source };
+    let handoff = req.handoff.as_ref().map(|h| crate::handoff::parse(&h.notify, h.message.as_deref())).transpose()?;
+    let new = NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired, source, handoff };
     let ws = state.store.workspace_create(new).await?;
     tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace created");
     state.routes.invalidate();

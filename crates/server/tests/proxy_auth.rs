@@ -104,6 +104,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
             idle_timeout_seconds: 0,
             desired: DesiredState::Running,
             source: None,
+            handoff: None,
         })
         .await
         .unwrap();
@@ -445,6 +446,7 @@ async fn a_script_waits_a_bounded_time_then_gets_503_with_retry_after() {
             idle_timeout_seconds: 0,
             desired: DesiredState::Stopped,
             source: None,
+            handoff: None,
         })
         .await
         .unwrap();

@@ -58,6 +58,27 @@ pub struct NewWorkspace {
     pub desired: DesiredState,
     /// The repository to clone into `~/project` at the first start.
     pub source: Option<cove_core::RepoSource>,
+    /// Whom to tell once the workspace is ready.
+    pub handoff: Option<NewHandoff>,
+}
+
+pub struct NewHandoff {
+    pub notify_url: String,
+    pub message: String,
+}
+
+/// A workspace's hand-off webhook and how its delivery went.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handoff {
+    pub workspace: WorkspaceId,
+    pub notify_url: String,
+    pub message: String,
+    /// `pending`, `delivered` or `failed` (gave up).
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// A change asked for by a user; `None` fields are left as they are.
@@ -132,4 +153,15 @@ pub trait Store: Send + Sync + 'static {
     async fn app_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(String, ShareLevel)>>;
     /// Sets an app's share level; `Owner` removes the entry (it is the default).
     async fn app_share_set(&self, workspace: WorkspaceId, app: &str, share: ShareLevel) -> Result<()>;
+
+    async fn handoff_get(&self, workspace: WorkspaceId) -> Result<Option<Handoff>>;
+    /// Hand-offs still to deliver, oldest first.
+    async fn handoff_list_pending(&self) -> Result<Vec<Handoff>>;
+    /// Records one delivery attempt: delivered, or failed with `error` and the time of the
+    /// next attempt (`None`: given up).
+    async fn handoff_record_attempt(
+        &self,
+        workspace: WorkspaceId,
+        outcome: std::result::Result<DateTime<Utc>, (String, Option<DateTime<Utc>>)>,
+    ) -> Result<()>;
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteExecutor};
 
-use crate::{NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
+use crate::{Handoff, NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -231,6 +231,19 @@ impl Store for SqliteStore {
                 format!("a workspace named {} already exists; choose another name or remove it first", new.name)
             })
         })?;
+        if let Some(handoff) = &new.handoff {
+            sqlx::query(
+                "INSERT INTO handoffs (workspace_id, notify_url, message, state, attempts, next_attempt_at, created_at) \
+                 VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(&handoff.notify_url)
+            .bind(&handoff.message)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         let workspace = workspace_fetch(&mut *tx, id).await?;
         tx.commit().await?;
         Ok(workspace)
@@ -399,6 +412,64 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| insert_error(e, || format!("app {app} cannot be shared")))?;
         Ok(())
+    }
+
+    async fn handoff_get(&self, workspace: WorkspaceId) -> Result<Option<Handoff>> {
+        let row = sqlx::query(&format!("{HANDOFF_SELECT} WHERE workspace_id = ?"))
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::handoff_from_row).transpose()
+    }
+
+    async fn handoff_list_pending(&self) -> Result<Vec<Handoff>> {
+        let rows = sqlx::query(&format!("{HANDOFF_SELECT} WHERE state = 'pending' ORDER BY created_at"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::handoff_from_row).collect()
+    }
+
+    async fn handoff_record_attempt(
+        &self,
+        workspace: WorkspaceId,
+        outcome: std::result::Result<DateTime<Utc>, (String, Option<DateTime<Utc>>)>,
+    ) -> Result<()> {
+        let query = match &outcome {
+            Ok(at) => sqlx::query(
+                "UPDATE handoffs SET state = 'delivered', attempts = attempts + 1, delivered_at = ?1, last_error = NULL \
+                 WHERE workspace_id = ?2",
+            )
+            .bind(at.timestamp_millis()),
+            Err((error, Some(next))) => sqlx::query(
+                "UPDATE handoffs SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2 WHERE workspace_id = ?3",
+            )
+            .bind(error)
+            .bind(next.timestamp_millis()),
+            Err((error, None)) => sqlx::query(
+                "UPDATE handoffs SET state = 'failed', attempts = attempts + 1, last_error = ?1 WHERE workspace_id = ?2",
+            )
+            .bind(error),
+        };
+        query.bind(workspace.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+const HANDOFF_SELECT: &str = "SELECT workspace_id, notify_url, message, state, attempts, next_attempt_at, \
+     last_error, delivered_at FROM handoffs";
+
+impl SqliteStore {
+    fn handoff_from_row(row: &SqliteRow) -> Result<Handoff> {
+        Ok(Handoff {
+            workspace: text(row, "workspace_id", str::parse)?,
+            notify_url: row.try_get("notify_url")?,
+            message: row.try_get("message")?,
+            state: row.try_get("state")?,
+            attempts: int(row, "attempts")?,
+            next_attempt_at: time(row, "next_attempt_at")?,
+            last_error: row.try_get("last_error")?,
+            delivered_at: optional_time(row, "delivered_at")?,
+        })
     }
 }
 

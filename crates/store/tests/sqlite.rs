@@ -71,6 +71,7 @@ fn new_workspace(owner: UserId, workspace_name: &str) -> NewWorkspace {
         idle_timeout_seconds: 45,
         desired: DesiredState::Running,
         source: None,
+        handoff: None,
     }
 }
 
