@@ -75,6 +75,7 @@ pub async fn bind(run_dir: &Path, agent: &Agent) -> std::io::Result<UnixListener
 pub fn router(agent: Agent) -> Router {
     Router::new()
         .route("/health", get(health))
+        .merge(crate::tunnel::routes())
         .layer(axum::middleware::from_fn_with_state(agent.clone(), require_secret))
         .with_state(agent)
 }

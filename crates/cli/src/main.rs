@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config;
 mod output;
+mod ssh;
 mod wait;
 
 use std::net::SocketAddr;
@@ -70,6 +71,14 @@ enum Remote {
     Set(commands::SetArgs),
     /// Run a command in a running workspace, e.g. `cove exec api -- make test`.
     Exec(commands::ExecArgs),
+    /// Open a shell (or run a command: `cove ssh api -- make test`) over SSH; wakes the workspace.
+    Ssh(ssh::SshArgs),
+    /// Write `Host cove.<name>` entries for your workspaces to ~/.ssh/config (for ssh, scp, rsync, git, IDEs).
+    ConfigSsh(ssh::ConfigSshArgs),
+    /// Forward local ports to ports in a workspace: `cove port-forward api 3000 8000:3000`.
+    PortForward(ssh::PortForwardArgs),
+    /// List the TCP ports listening inside a workspace.
+    Ports(ssh::PortsArgs),
     /// Print a workspace's container output.
     Logs(commands::LogsArgs),
     /// Print (and open) the address of an app in a workspace: `cove open api 8080`.
@@ -209,6 +218,10 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Rm(a) => commands::rm(client, a).await,
         Remote::Set(a) => commands::set(client, a).await,
         Remote::Exec(a) => commands::exec(client, a).await,
+        Remote::Ssh(a) => ssh::ssh(client, a).await,
+        Remote::ConfigSsh(a) => ssh::config_ssh(client, a).await,
+        Remote::PortForward(a) => ssh::port_forward(client, a).await,
+        Remote::Ports(a) => ssh::ports(client, a).await,
         Remote::Logs(a) => commands::logs(client, a).await,
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,

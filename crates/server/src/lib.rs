@@ -13,6 +13,7 @@ pub mod gate;
 pub mod openapi;
 pub mod pages;
 pub mod tickets;
+pub mod tunnel;
 pub mod views;
 pub mod workspaces;
 
