@@ -144,7 +144,8 @@ async fn report_state(control: &control::Control, state: AgentState, message: Op
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
 fn start_on_start_hook(user: &user::WorkspaceUser) {
     let hook = user.home.join(".cove/on-start");
-    let executable = std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+    let executable =
+        std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
         return;
     }

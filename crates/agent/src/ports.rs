@@ -45,7 +45,11 @@ fn parse_line(line: &str) -> Option<Entry> {
         return None;
     }
     let (address, port) = local.split_once(':')?;
-    Some(Entry { address: parse_address(address)?, port: u16::from_str_radix(port, 16).ok()?, inode: inode.parse().ok()? })
+    Some(Entry {
+        address: parse_address(address)?,
+        port: u16::from_str_radix(port, 16).ok()?,
+        inode: inode.parse().ok()?,
+    })
 }
 
 /// The kernel prints addresses as 32-bit words in host order (little-endian here).
@@ -119,6 +123,7 @@ fn socket_owners(proc: &Path) -> HashMap<u64, (u32, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -33,8 +33,12 @@ pub const HOST_KEY_DIR: &str = ".cove-agent";
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 
 /// Where images keep OpenSSH's SFTP server (Debian/Ubuntu, Alpine/Arch, Fedora/RHEL).
-const SFTP_SERVERS: &[&str] =
-    &["/usr/lib/openssh/sftp-server", "/usr/lib/sftp-server", "/usr/lib/ssh/sftp-server", "/usr/libexec/openssh/sftp-server"];
+const SFTP_SERVERS: &[&str] = &[
+    "/usr/lib/openssh/sftp-server",
+    "/usr/lib/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+];
 
 /// After the program of a PTY session exits, how long its output may still drain (a
 /// background job holding the terminal would otherwise keep the session open forever).
@@ -220,11 +224,21 @@ impl russh::server::Handler for Connection {
         self.reply(channel, session, true)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.reply(channel, session, true)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let ok = name == "sftp" && sftp_server().is_some();
         self.reply(channel, session, ok)
     }
@@ -289,7 +303,9 @@ async fn run_session(agent: Agent, channel: Channel<Msg>) {
                 }
             }
             Some(ChannelMsg::RequestShell { .. }) => break Program::Shell,
-            Some(ChannelMsg::Exec { command, .. }) => break Program::Exec(String::from_utf8_lossy(&command).into_owned()),
+            Some(ChannelMsg::Exec { command, .. }) => {
+                break Program::Exec(String::from_utf8_lossy(&command).into_owned())
+            }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => break Program::Sftp,
             Some(ChannelMsg::RequestSubsystem { name, .. }) => break Program::Unknown(name),
             Some(_) => {}
@@ -429,6 +445,7 @@ async fn finish_with_error(write: &russh::ChannelWriteHalf<Msg>, message: &str) 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -38,16 +38,20 @@ fn switching(protocol: &str) -> Response {
     response
 }
 
-fn take_upgrade(request: &mut Request) -> Result<OnUpgrade, Response> {
+fn take_upgrade(request: &mut Request) -> Result<OnUpgrade, Box<Response>> {
     request.extensions_mut().remove::<OnUpgrade>().ok_or_else(|| {
-        error(StatusCode::BAD_REQUEST, "invalid_request", "send this as an HTTP/1.1 upgrade (Connection: upgrade)".into())
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send this as an HTTP/1.1 upgrade (Connection: upgrade)".into(),
+        ))
     })
 }
 
 async fn ssh(State(agent): State<Agent>, mut request: Request) -> Response {
     let upgrade = match take_upgrade(&mut request) {
         Ok(u) => u,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     tokio::spawn(async move {
         match upgrade.await {
@@ -68,7 +72,7 @@ async fn tcp(Path(port): Path<String>, mut request: Request) -> Response {
     };
     let upgrade = match take_upgrade(&mut request) {
         Ok(u) => u,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     // Connect before switching, so a closed port is an answer rather than a dead tunnel.
     let connected = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {

@@ -63,7 +63,9 @@ impl WorkspaceUser {
             Some(user) => user,
             None => {
                 let shell = if root.join("bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
-                let line = format!("{DEFAULT_NAME}:x:{DEFAULT_UID}:{DEFAULT_UID}:Cove workspace user:{DEFAULT_HOME}:{shell}\n");
+                let line = format!(
+                    "{DEFAULT_NAME}:x:{DEFAULT_UID}:{DEFAULT_UID}:Cove workspace user:{DEFAULT_HOME}:{shell}\n"
+                );
                 append(&passwd, &line)?;
                 prepared.added_user = true;
                 WorkspaceUser {

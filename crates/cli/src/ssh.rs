@@ -157,13 +157,16 @@ async fn connect(client: &Client, path: &str) -> anyhow::Result<Socket> {
     match tokio_tungstenite::connect_async(request).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body: Value = response.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+            let body: Value =
+                response.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
             match body["error"]["message"].as_str() {
                 Some(message) => bail!("{message}"),
                 None => bail!("the server answered {} to the tunnel request", response.status()),
             }
         }
-        Err(e) => bail!("cannot open a tunnel through the Cove server at {} ({e}); is `cove server` running?", client.url),
+        Err(e) => {
+            bail!("cannot open a tunnel through the Cove server at {} ({e}); is `cove server` running?", client.url)
+        }
     }
 }
 
@@ -197,20 +200,20 @@ where
                 // The server ends tunnels without waiting for our close; what was carried (an
                 // SSH session ends itself) is complete, and a truncated stream is its reader's
                 // to report.
-                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::ConnectionClosed) => break,
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::ConnectionClosed) => {
+                    break
+                }
                 Err(e) => return Err(anyhow::Error::new(e).context("the tunnel broke off")),
             };
-            match message {
-                Message::Binary(data) => {
-                    writer.write_all(&data).await?;
-                    writer.flush().await?;
-                }
-                Message::Text(text) => {
-                    writer.write_all(text.as_bytes()).await?;
-                    writer.flush().await?;
-                }
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Text(text) => text.as_bytes().to_vec().into(),
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            // Our reader went away (ssh exited, a forwarded connection closed): done.
+            if writer.write_all(&data).await.is_err() || writer.flush().await.is_err() {
+                break;
             }
         }
         anyhow::Ok(())
@@ -228,7 +231,8 @@ async fn stdio(socket: Socket) -> anyhow::Result<()> {
 pub async fn config_ssh(client: &Client, args: ConfigSshArgs) -> anyhow::Result<ExitCode> {
     let path = expand_home(&args.ssh_config)?;
     let list: Vec<Value> = client.get("/api/v1/workspaces").await?;
-    let mut names: Vec<Name> = list.iter().filter_map(|w| w["name"].as_str()).filter_map(|n| Name::parse(n).ok()).collect();
+    let mut names: Vec<Name> =
+        list.iter().filter_map(|w| w["name"].as_str()).filter_map(|n| Name::parse(n).ok()).collect();
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let mut block = String::new();
     for name in &names {
@@ -251,7 +255,8 @@ pub async fn config_ssh(client: &Client, args: ConfigSshArgs) -> anyhow::Result<
             }
         }
         let staged = path.with_extension("cove-new");
-        cove_server::auth::write_private(&staged, &new).with_context(|| format!("cannot write {}", staged.display()))?;
+        cove_server::auth::write_private(&staged, &new)
+            .with_context(|| format!("cannot write {}", staged.display()))?;
         if let Ok(meta) = std::fs::metadata(&path) {
             std::fs::set_permissions(&staged, meta.permissions())?;
         }
@@ -315,9 +320,9 @@ pub async fn port_forward(client: &Client, args: PortForwardArgs) -> anyhow::Res
     let client = std::sync::Arc::new(Client::new(client.url.clone(), client.token().map(str::to_string))?);
     let mut tasks = Vec::new();
     for (local, remote) in forwards {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", local))
-            .await
-            .with_context(|| format!("cannot listen on 127.0.0.1:{local}; is the port in use? pick another with LOCAL:{remote}"))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", local)).await.with_context(|| {
+            format!("cannot listen on 127.0.0.1:{local}; is the port in use? pick another with LOCAL:{remote}")
+        })?;
         let bound = listener.local_addr()?;
         println!("forwarding {bound} -> {name}:{remote}");
         let path = format!("/api/v1/workspaces/{}/tcp/{remote}", percent_encode(name.as_str()));
@@ -359,7 +364,8 @@ pub async fn ports(client: &Client, args: PortsArgs) -> anyhow::Result<ExitCode>
     let rows: Vec<Vec<String>> = ports
         .iter()
         .map(|p| {
-            let addresses: Vec<&str> = p["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let addresses: Vec<&str> =
+                p["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let process = match (p["process"].as_str(), p["pid"].as_u64()) {
                 (Some(name), Some(pid)) => format!("{name} ({pid})"),
                 _ => "-".into(),
@@ -372,6 +378,7 @@ pub async fn ports(client: &Client, args: PortsArgs) -> anyhow::Result<ExitCode>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

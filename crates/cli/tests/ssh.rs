@@ -59,7 +59,12 @@ impl Ssh {
 
     fn ssh_ok(&self, host: &str, script: &str) -> String {
         let out = self.ssh(host, &[script]);
-        assert!(out.status.success(), "ssh {host} {script:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ssh {host} {script:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -174,7 +179,9 @@ fn openssh_shells_commands_scp_forwarding_and_a_stable_host_key() {
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"tty; test -t 0 && echo is-a-tty-$((2+3)); echo \"env-$LC_TEST_VALUE\"; echo done-$((6*7))\n").unwrap();
+    stdin
+        .write_all(b"tty; test -t 0 && echo is-a-tty-$((2+3)); echo \"env-$LC_TEST_VALUE\"; echo done-$((6*7))\n")
+        .unwrap();
     let seen = lines.wait_for("done-42", WAIT);
     assert!(seen.contains("/dev/pts/") && seen.contains("is-a-tty-5"), "{seen}");
     assert!(seen.contains("env-passed"), "LC_* is passed on: {seen}");

@@ -97,7 +97,8 @@ pub fn prepare_agent_dir(data_dir: &Path, exe: &Path) -> Result<PathBuf, InjectE
 
 /// Size and modification time: enough to tell a rebuilt binary, and cheap.
 fn fingerprint(exe: &Path) -> Result<String, InjectError> {
-    let meta = std::fs::metadata(exe).map_err(|source| InjectError::Read { path: exe.display().to_string(), source })?;
+    let meta =
+        std::fs::metadata(exe).map_err(|source| InjectError::Read { path: exe.display().to_string(), source })?;
     let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
     Ok(format!("{} {} {}\n", exe.display(), meta.len(), modified.as_nanos()))
 }
@@ -110,7 +111,8 @@ fn shared_libraries(exe: &Path) -> Result<(PathBuf, Vec<PathBuf>), InjectError> 
         return Err(ldd_err(String::from_utf8_lossy(&output.stderr).trim().to_string()));
     }
     let (loader, libraries) = parse_ldd(&String::from_utf8_lossy(&output.stdout));
-    let loader = loader.ok_or_else(|| ldd_err("no dynamic loader listed (a static binary needs no injection)".into()))?;
+    let loader =
+        loader.ok_or_else(|| ldd_err("no dynamic loader listed (a static binary needs no injection)".into()))?;
     Ok((loader, libraries))
 }
 
@@ -157,7 +159,10 @@ mod tests {
         assert_eq!(loader, Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2")));
         assert_eq!(
             libs,
-            vec![PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"), PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")]
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")
+            ]
         );
         assert_eq!(parse_ldd("\tnot a dynamic executable\n"), (None, vec![]));
     }

@@ -380,11 +380,10 @@ async fn tcp(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = own_workspace(&state, &user, &key).await?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ApiError::InvalidRequest(format!("{port:?} is not a TCP port; use a number from 1 to 65535")))?;
+    let port: u16 =
+        port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{port:?} is not a TCP port; use a number from 1 to 65535"))
+        })?;
     let upgrade = websocket(upgrade)?;
     let stream = tunnel::open(&state, &ws, &format!("/tcp/{port}"), "cove-tcp").await?;
     let id = ws.id;

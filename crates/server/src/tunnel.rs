@@ -133,7 +133,8 @@ async fn request(socket: &std::path::Path, secret: &str, path: &str, protocol: O
     if status.is_success() && protocol.is_none() {
         return Ok(Reply::Answer(Answer::Json(value)));
     }
-    let message = value["error"]["message"].as_str().map_or_else(|| format!("the agent answered {status}"), str::to_string);
+    let message =
+        value["error"]["message"].as_str().map_or_else(|| format!("the agent answered {status}"), str::to_string);
     Ok(Reply::Refused(message))
 }
 
