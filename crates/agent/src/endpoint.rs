@@ -6,6 +6,9 @@
 //! container, and one workspace's secret opens no other workspace's agent.
 //!
 //! Routes are added by the agent's services (terminal, SSH, ports) through [`router`].
+//! Requests for a named app carry [`APP_HEADER`] (set by the control plane's gate, never by
+//! the browser, whose value the proxy replaces) and go to that app's router whatever their
+//! path: `term` is the web terminal ([`crate::terminal`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,13 +74,45 @@ pub async fn bind(run_dir: &Path, agent: &Agent) -> std::io::Result<UnixListener
     Ok(listener)
 }
 
+/// The header naming the app a proxied request is for.
+pub const APP_HEADER: &str = "x-cove-app";
+
 /// Every route of the agent, behind the secret check.
 pub fn router(agent: Agent) -> Router {
+    let apps = Apps { term: crate::terminal::app(agent.clone()) };
     Router::new()
         .route("/health", get(health))
         .merge(crate::tunnel::routes())
+        .layer(axum::middleware::from_fn_with_state(apps, dispatch_app))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), require_secret))
         .with_state(agent)
+}
+
+/// The agent's named apps, each a router of its own.
+#[derive(Clone)]
+struct Apps {
+    term: Router,
+}
+
+async fn dispatch_app(State(apps): State<Apps>, request: Request, next: Next) -> Response {
+    let Some(app) = request.headers().get(APP_HEADER) else {
+        return next.run(request).await;
+    };
+    match app.as_bytes() {
+        b"term" => {
+            use tower::ServiceExt;
+            // A router's error type is `Infallible`: every failure is a response.
+            match apps.term.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+        _ => {
+            let name = String::from_utf8_lossy(app.as_bytes()).chars().take(40).collect::<String>();
+            let body = json!({"error": {"code": "not_found", "message": format!("this agent serves no app {name:?}; the apps are: term")}});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+    }
 }
 
 /// Serves the endpoint until the listener fails.

@@ -7,6 +7,8 @@
 //! * serves one HTTP endpoint to the control plane, on a unix socket in the run directory
 //!   that only the host can reach, guarded by a secret made fresh at every start
 //!   ([`endpoint`]): health, and the services below;
+//! * serves the web terminal: shells on PTYs in sessions that survive reloads and drops,
+//!   with scrollback ([`terminal`]);
 //! * reports its state and the user's activity to the control plane ([`control`],
 //!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP.
 //!
@@ -20,6 +22,7 @@ pub mod endpoint;
 pub mod ports;
 pub mod pty;
 pub mod ssh;
+pub mod terminal;
 pub mod tunnel;
 pub mod user;
 
@@ -33,6 +36,8 @@ use cove_core::agent::{self as contract, AgentState, StateReport};
 pub use endpoint::Agent;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often the agent repeats its state when nothing changes.
+const STATE_HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// Where the agent finds what Cove mounted; the defaults are the paths in a workspace.
 #[derive(Clone, Debug)]
@@ -60,17 +65,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
     println!("cove agent {VERSION}: starting in workspace {host}");
     let control = control::Control::new(config.run_dir.join(contract::CONTROL_SOCKET));
-    report_state(&control, AgentState::Starting, Some("preparing the workspace user".into())).await;
+    let reporter = StateReporter::spawn(control.clone());
+    reporter.report(AgentState::Starting, Some("preparing the workspace user".into()));
 
-    let (user, prepared) = user::WorkspaceUser::prepare(&config.root).context("prepare the workspace user")?;
+    let (user, prepared) = match user::WorkspaceUser::prepare(&config.root) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // The workspace stays reachable (exec, the endpoint) so the human can look; the
+            // user's processes still never run as root.
+            let message = format!("step 'prepare the workspace user' failed: {e}");
+            println!("cove agent: {message}");
+            reporter.report(AgentState::Failed, Some(message));
+            (user::WorkspaceUser::fallback(), user::Prepared::default())
+        }
+    };
     if prepared.added_user {
         println!("cove agent: the image has no user with uid {}; added {:?}", user.uid, user.name);
     }
     if prepared.chowned_home {
         println!("cove agent: gave {} to {}", user.home.display(), user.name);
     }
-    ensure_user_dir(&user, &user.home.join("project"))?;
-    ensure_user_dir(&user, &config.run_dir.join(contract::USER_RUN_SUBDIR))?;
+    for dir in [user.home.join("project"), config.run_dir.join(contract::USER_RUN_SUBDIR)] {
+        if let Err(e) = ensure_user_dir(&user, &dir) {
+            println!("cove agent: {e:#}");
+        }
+    }
 
     match ssh::prepare(&user) {
         Ok(fingerprint) => println!("cove agent: SSH host key {fingerprint}"),
@@ -83,7 +102,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     start_on_start_hook(&user);
 
     println!("cove agent: ready");
-    report_state(&control, AgentState::Ready, None).await;
+    if reporter.current() != AgentState::Failed {
+        reporter.report(AgentState::Ready, None);
+    }
     let served = endpoint::serve(listener, agent.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -122,22 +143,53 @@ fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Tells the control plane how the agent is doing. Retried briefly in the background: the
-/// control plane may be restarting, and its next look at the agent's health catches up.
-async fn report_state(control: &control::Control, state: AgentState, message: Option<String>) {
-    let report = StateReport { state, message, version: VERSION.into() };
-    let control = control.clone();
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
-        for _ in 0..20 {
-            match control.post("/v1/state", &report).await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(error = %e, "cannot report the agent's state yet"),
+/// Tells the control plane how the agent is doing, in order: one task sends the latest
+/// state, retrying while the control plane is away (it may be restarting), and repeats it
+/// every [`STATE_HEARTBEAT`]; a newer state replaces one not yet sent.
+#[derive(Clone)]
+pub struct StateReporter {
+    latest: Arc<tokio::sync::watch::Sender<StateReport>>,
+}
+
+impl StateReporter {
+    pub fn spawn(control: control::Control) -> Self {
+        let initial = StateReport { state: AgentState::Starting, message: None, version: VERSION.into() };
+        let (latest, mut wanted) = tokio::sync::watch::channel(initial);
+        tokio::spawn(async move {
+            loop {
+                let report = wanted.borrow_and_update().clone();
+                let mut pause = Duration::from_millis(100);
+                let mut superseded = false;
+                while let Err(e) = control.post("/v1/state", &report).await {
+                    tracing::debug!(error = %e, "cannot report the agent's state yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        // `changed` marks the new value seen: send it next, without waiting.
+                        _ = wanted.changed() => { superseded = true; break; }
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                if superseded {
+                    continue;
+                }
+                // Said again now and then, so a control plane that restarted (and forgot)
+                // learns it without waiting for a change.
+                tokio::select! {
+                    changed = wanted.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(STATE_HEARTBEAT) => {}
+                }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    });
+        });
+        Self { latest: Arc::new(latest) }
+    }
+
+    pub fn current(&self) -> AgentState {
+        self.latest.borrow().state
+    }
+
+    pub fn report(&self, state: AgentState, message: Option<String>) {
+        self.latest.send_replace(StateReport { state, message, version: VERSION.into() });
+    }
 }
 
 /// `~/.cove/on-start`, if executable, runs in the background on every start (output in

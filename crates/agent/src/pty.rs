@@ -149,6 +149,7 @@ impl AsyncWrite for Master {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,11 +175,12 @@ mod tests {
         command.env("PS1", "$ ").env("LANG", "C.UTF-8");
         let mut pty = Pty::spawn(command, Size { cols: 100, rows: 30 }).unwrap();
         let mut master = pty.master.clone();
-        master.write_all(b"test -t 0 && echo is-a-tty; stty size\n").await.unwrap();
+        master.write_all(b"test -t 0 && echo is-a-''tty; stty size\n").await.unwrap();
         let out = read_until(&mut master, "30 100").await;
         assert!(out.contains("is-a-tty"), "{out}");
         pty.master.resize(Size { cols: 132, rows: 40 }).unwrap();
-        master.write_all("stty size; echo 'héllo ✓'\n".as_bytes()).await.unwrap();
+        // Octal escapes in, UTF-8 out: the echo of the typed line must not match.
+        master.write_all(b"stty size; printf 'h\\303\\251llo \\342\\234\\223\\n'\n").await.unwrap();
         let out = read_until(&mut master, "héllo ✓").await;
         assert!(out.contains("40 132"), "{out}");
         master.write_all(b"exit 7\n").await.unwrap();

@@ -96,6 +96,19 @@ impl WorkspaceUser {
         Ok((user, prepared))
     }
 
+    /// The user when the image's account files cannot be read or written: uid 1000 with the
+    /// standard home, so that nothing runs as root for want of a passwd entry.
+    pub fn fallback() -> WorkspaceUser {
+        WorkspaceUser {
+            name: DEFAULT_NAME.into(),
+            uid: DEFAULT_UID,
+            gid: DEFAULT_UID,
+            home: DEFAULT_HOME.into(),
+            shell: "/bin/sh".into(),
+            switch: Uid::effective().is_root(),
+        }
+    }
+
     /// The environment every user process starts with: the image's (what the agent was
     /// started with, minus Cove's own variables), then the user's identity.
     pub fn env(&self) -> BTreeMap<String, String> {
@@ -159,6 +172,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -261,7 +261,11 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
         ("disk", w.disk_bytes.map_or_else(|| "-".into(), format_size)),
         ("idle stop", idle),
         ("awake", awake(&w, now)),
+        ("agent", agent_line(&w, now)),
+        ("sessions", sessions_line(&w)),
         ("apps", w.app_url.replace("{app}", "PORT")),
+        ("editor", w.app_url.replace("{app}", "code")),
+        ("terminal", w.app_url.replace("{app}", "term")),
         ("created", format!("{} ({} ago)", w.created_at.format("%Y-%m-%d %H:%M:%S UTC"), age(w.created_at, now))),
         ("updated", format!("{} ago", age(w.updated_at, now))),
     ]);
@@ -552,6 +556,26 @@ fn awake(w: &WorkspaceView, now: chrono::DateTime<Utc>) -> String {
         Some(at) if at > now => format!("{why}; stops in {} unless used", age(now, at)),
         Some(_) => format!("{why}; stopping for idleness"),
         None => format!("{why}; no idle stop"),
+    }
+}
+
+/// What the in-workspace agent last said: `ready (0.1.0, 5s ago)`.
+fn agent_line(w: &WorkspaceView, now: chrono::DateTime<Utc>) -> String {
+    let Some(agent) = &w.agent else {
+        return if w.actual_state == ActualState::Running { "not reported yet".into() } else { "-".into() };
+    };
+    let state = serde_json::to_value(agent.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let message = agent.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+    format!("{state}{message} ({}, {} ago)", agent.version, age(agent.reported_at, now))
+}
+
+/// Sessions open in the workspace now, by kind: `ssh 1, terminal 2`, or `none`.
+fn sessions_line(w: &WorkspaceView) -> String {
+    match &w.agent {
+        Some(agent) if !agent.sessions.is_empty() => {
+            agent.sessions.iter().map(|(kind, n)| format!("{kind} {n}")).collect::<Vec<_>>().join(", ")
+        }
+        _ => "none".into(),
     }
 }
 

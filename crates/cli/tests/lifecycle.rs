@@ -45,8 +45,8 @@ fn full_user_flow() {
 
     // The container's output: one start line per start so far (create, then start).
     let logs = server.ok(&["logs", "api"]);
-    assert_eq!(logs.matches("cove: workspace api started").count(), 2, "{logs:?}");
-    assert_eq!(server.ok(&["logs", "api", "--tail", "1"]), "cove: workspace api started\n");
+    assert_eq!(logs.matches("starting in workspace api").count(), 2, "{logs:?}");
+    assert_eq!(server.ok(&["logs", "api", "--tail", "1"]), "cove agent: ready\n");
 
     let before = server.show("api");
     server.ok(&["restart", "api"]);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use cove_core::agent;
 use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, User, UserId, Workspace, WorkspaceId};
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
@@ -284,19 +285,17 @@ impl AppGate {
             }));
         };
         let ws = route.workspace;
-        let port = match host.app {
-            App::Port(p) => p,
-            App::Named(ref name) => {
-                return Ok(Verdict::Respond(pages::html(
-                    StatusCode::NOT_FOUND,
-                    "No such app",
-                    &format!(
-                        "Workspace {} has no app named {name:?} yet; open a port number instead, as in 8080--{}--{}.",
-                        ws.name, ws.name, ws.owner_name
-                    ),
-                )));
-            }
+        let target = match Target::of(&host.app) {
+            Some(target) => target,
+            None => return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string()))),
         };
+        if target == Target::Editor && !self.state.config.data_dir.join("editor/current").exists() {
+            return Ok(Verdict::Respond(pages::html(
+                StatusCode::NOT_FOUND,
+                "No editor installed",
+                "This Cove server has no editor installed yet. An admin installs VS Code for the browser on the Cove host with `cove editor install`; until then, use the terminal (term--…) or `cove ssh`.",
+            )));
+        }
         if parts.uri.path() == "/__cove/status" {
             let ws = self.state.store.workspace_get(ws.id).await?;
             return Ok(Verdict::Respond(status_json(&ws)));
@@ -334,15 +333,39 @@ impl AppGate {
                 (ws, ip, recently_woken)
             }
         };
-        let upstream = Upstream::Tcp(SocketAddr::new(ip, port));
-        if recently_woken {
-            self.await_port(&ws, port, &upstream).await;
+        let (upstream, probe_key) = match target {
+            Target::Port(port) => (Upstream::Tcp(SocketAddr::new(ip, port)), port),
+            Target::Terminal | Target::Editor => {
+                let Some(dir) = self.state.agents.run_dir(ws.id) else {
+                    return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string())));
+                };
+                let socket = match target {
+                    Target::Editor => dir.join(agent::USER_RUN_SUBDIR).join(EDITOR_SOCKET),
+                    _ => dir.join(agent::AGENT_SOCKET),
+                };
+                // Ports 0 and 1 are never an app's: they key the probes of the agent's sockets.
+                (Upstream::Unix(socket), if target == Target::Editor { 1 } else { 0 })
+            }
+        };
+        // The agent's sockets appear a moment after the container starts (the editor's a few
+        // seconds later): always wait for them, once per start.
+        let served_by_agent = !matches!(target, Target::Port(_));
+        if recently_woken || served_by_agent {
+            self.await_port(&ws, probe_key, &upstream).await;
         }
+        // Read after the probe: the agent writes a new secret at each start, before it listens.
+        let headers = match target {
+            Target::Terminal => match self.state.agents.endpoint(ws.id) {
+                Some((_, secret)) => agent_headers(&secret, "term"),
+                None => return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait))),
+            },
+            _ => Vec::new(),
+        };
         Ok(Verdict::Forward(Admitted {
             workspace: ws.id,
             label: label(&ws),
             upstream,
-            headers: Vec::new(),
+            headers,
             strip_authorization: matches!(identity, Identity::Bearer(_)),
             connect_patience: Duration::ZERO,
         }))
@@ -404,6 +427,39 @@ impl Gate for AppGate {
             },
         );
     }
+}
+
+/// The socket code-server listens on, in the workspace user's part of the run directory.
+pub const EDITOR_SOCKET: &str = "code.sock";
+
+/// What an app host names: a port of the workspace, or one of the apps the agent serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Port(u16),
+    /// `term`: the agent's web terminal.
+    Terminal,
+    /// `code`: VS Code in the browser (code-server, started by the agent).
+    Editor,
+}
+
+impl Target {
+    fn of(app: &App) -> Option<Target> {
+        match app {
+            App::Port(p) => Some(Target::Port(*p)),
+            App::Named(name) if name == "term" => Some(Target::Terminal),
+            App::Named(name) if name == "code" => Some(Target::Editor),
+            App::Named(_) => None,
+        }
+    }
+}
+
+/// The headers that open the agent's endpoint for one of its apps.
+fn agent_headers(secret: &str, app: &'static str) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut headers = vec![(http::HeaderName::from_static("x-cove-app"), http::HeaderValue::from_static(app))];
+    if let Ok(value) = http::HeaderValue::from_str(secret) {
+        headers.push((http::HeaderName::from_static(agent::SECRET_HEADER), value));
+    }
+    headers
 }
 
 pub fn label(ws: &Workspace) -> String {

@@ -151,3 +151,15 @@ mod tests {
         assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
 }
+
+/// A name under a workspace that is neither a port nor an app Cove serves.
+pub fn no_such_app(ws: &cove_core::Workspace, app: &str) -> Response {
+    html(
+        StatusCode::NOT_FOUND,
+        "No such app",
+        &format!(
+            "Workspace {} has no app named {app:?}. Open a port number (8080--{}--{}), code (VS Code) or term (a terminal).",
+            ws.name, ws.name, ws.owner_name
+        ),
+    )
+}
