@@ -304,3 +304,40 @@ fn typing_over_ssh_postpones_the_idle_stop_and_an_idle_session_does_not() {
     // The session stays open but idle: the workspace stops anyway.
     t.server.wait_for("nap", "the idle stop", WAIT, |ws| state(ws) == ("Stopped", "Stopped"));
 }
+
+#[test]
+fn bad_ssh_and_tunnel_requests_get_clear_errors() {
+    let server = TestServer::start();
+    server.ok(&["create", "tiny", "--image", &server.image]);
+    assert!(server.fails(&["ssh", "Not_A_Name"]).contains("invalid workspace name"));
+    assert!(server.fails(&["ssh", "--stdio", "nope"]).contains("workspace nope not found"));
+    assert!(server.fails(&["ssh", "--stdio", "tiny", "--", "ls"]).contains("takes no command"));
+    assert!(server.fails(&["ports", "nope"]).contains("workspace nope not found"));
+    assert!(server.fails(&["port-forward", "tiny", "99999"]).contains("LOCAL:REMOTE"));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent/ssh_config");
+    server.ok(&["config-ssh", "--ssh-config", missing.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&missing).unwrap().contains("Host cove.tiny\n"));
+
+    let rt = support::rt();
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        rt.block_on(async {
+            let mut r = http.get(format!("{}{path}", server.url));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let resp = r.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap_or_default())
+        })
+    };
+    let token = server.token();
+    let (status, body) = get("/api/v1/workspaces/tiny/ssh", Some(&token));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("WebSocket"), "{body}");
+    let (status, body) = get("/api/v1/workspaces/tiny/tcp/0", Some(&token));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("not a TCP port"), "{body}");
+    assert_eq!(get("/api/v1/workspaces/tiny/ssh", None).0, 401);
+    assert_eq!(get("/api/v1/workspaces/nope/ports", Some(&token)).0, 404);
+}
