@@ -195,11 +195,15 @@ fn openssh_shells_commands_scp_forwarding_and_a_stable_host_key() {
         let out = t.ssh_command("scp").args(["-q", from, to]).stdin(Stdio::null()).output().unwrap();
         assert!(out.status.success(), "scp {from} {to}: {}", String::from_utf8_lossy(&out.stderr));
     };
+    let started = Instant::now();
     scp(up.to_str().unwrap(), &format!("{host}:big.bin"));
+    eprintln!("scp up of {} MiB: {:?}", BIG >> 20, started.elapsed());
     let remote = t.ssh_ok(host, "sha256sum big.bin");
     assert_eq!(remote.split_whitespace().next(), Some(sha256_file(&up).as_str()), "uploaded copy differs");
     let down = t.dir.path().join("down.bin");
+    let started = Instant::now();
     scp(&format!("{host}:big.bin"), down.to_str().unwrap());
+    eprintln!("scp down of {} MiB: {:?}", BIG >> 20, started.elapsed());
     assert_eq!(sha256_file(&down), sha256_file(&up), "downloaded copy differs");
 
     // A server inside the workspace, seen by `cove ports`, reached with `ssh -L`.
