@@ -87,6 +87,10 @@ pub struct CreateArgs {
     /// Create it stopped.
     #[arg(long)]
     stopped: bool,
+    /// Fill ~/project from a local folder (uploaded as a tar stream, `.git` kept) before
+    /// the first start.
+    #[arg(long, value_name = "DIR")]
+    from_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     wait: WaitArgs,
     #[arg(long)]
@@ -148,12 +152,38 @@ impl WaitArgs {
 }
 
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({ "name": args.name, "start": !args.stopped });
+    if let Some(dir) = &args.from_dir {
+        crate::push::check_dir(dir, "project")?;
+    }
+    // With a folder to fill it from, the workspace is made stopped, filled, then started.
+    let start = !args.stopped && args.from_dir.is_none();
+    let mut body = json!({ "name": args.name, "start": start });
     if let Some(v) = args.image {
         body["image"] = json!(v);
     }
     args.settings.apply(&mut body);
     let mut ws: WorkspaceView = client.json(Method::POST, "/api/v1/workspaces", Some(&body)).await?;
+    if let Some(dir) = &args.from_dir {
+        let path = format!("/api/v1/workspaces/{}", percent_encode(&ws.name));
+        match crate::push::upload(client, &ws.name, dir, "project").await {
+            Ok(pushed) => {
+                eprintln!("{}: uploaded {} files ({}) into ~/project", ws.name, pushed.files, format_size(pushed.bytes))
+            }
+            Err(e) => {
+                // No half-made workspace: the one made for this folder goes again.
+                let _ = client.send(client.request(Method::DELETE, &path)).await;
+                return Err(e.context(format!(
+                    "workspace {} was not created: step 'upload {}' failed",
+                    ws.name,
+                    dir.display()
+                )));
+            }
+        }
+        if !args.stopped {
+            let patch = json!({ "desired_state": DesiredState::Running });
+            ws = client.json(Method::PATCH, &path, Some(&patch)).await?;
+        }
+    }
     if !args.wait.no_wait {
         let goal = if args.stopped { Goal::Stopped } else { Goal::Running };
         if let Some(done) = wait::until(client, &ws.name, goal, ws.actual_generation, args.wait.timeout()).await? {

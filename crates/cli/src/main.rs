@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config;
 mod output;
+mod push;
 mod ssh;
 mod wait;
 
@@ -81,6 +82,8 @@ enum Remote {
     Ports(ssh::PortsArgs),
     /// Print a workspace's container output.
     Logs(commands::LogsArgs),
+    /// Put a local folder into a workspace's home (running or stopped; it is not started).
+    Push(push::PushArgs),
     /// Print (and open) the address of an app in a workspace: `cove open api 8080`.
     Open(commands::OpenArgs),
     /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
@@ -223,6 +226,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::PortForward(a) => ssh::port_forward(client, a).await,
         Remote::Ports(a) => ssh::ports(client, a).await,
         Remote::Logs(a) => commands::logs(client, a).await,
+        Remote::Push(a) => push::push(client, a).await,
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,

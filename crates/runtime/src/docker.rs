@@ -19,7 +19,7 @@ use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use cove_core::{ContainerState, Observed, ObservedContainer, WorkspaceId};
@@ -34,6 +34,8 @@ use crate::{
 /// The volume's wanted size, kept as a label: the `local` driver on overlay cannot enforce
 /// a quota, so the size is recorded for a later driver (or a report) instead of failing.
 pub const LABEL_DISK_BYTES: &str = "cove.disk-bytes";
+/// Marks the short-lived containers Cove makes for its own work (`push`), never a workspace's.
+pub const LABEL_HELPER: &str = "cove.helper";
 
 /// How long a stop waits for the workspace's processes before the engine kills them.
 const STOP_TIMEOUT_SECS: i32 = 10;
@@ -484,6 +486,24 @@ impl Backend for DockerBackend {
         Ok(events.chain(exit).boxed())
     }
 
+    async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()> {
+        let containers = self.containers_of(spec.workspace).await?;
+        let existing =
+            containers.iter().position(Listed::is_running).or(if containers.is_empty() { None } else { Some(0) });
+        let (container, helper) = match existing.and_then(|i| containers[i].id.clone()) {
+            Some(id) => (id, false),
+            None => (self.push_helper(spec).await?, true),
+        };
+        let result = self.upload(&container, dest, archive).await;
+        if helper {
+            // Whatever the upload did, the helper goes: it was never the workspace's.
+            if let Err(e) = self.remove_by_id(&container).await {
+                tracing::warn!(container = %container, error = %e, "cannot remove the push helper container");
+            }
+        }
+        result
+    }
+
     async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>> {
         let container = self.container_of(id).await?;
         let Some(name) = container.id else { return Ok(None) };
@@ -518,6 +538,64 @@ impl Backend for DockerBackend {
 }
 
 impl DockerBackend {
+    /// A container on the workspace's volume that is never started: something to put files
+    /// through while the workspace has no container of its own. It carries the instance
+    /// label (sweeps find it) but no workspace label, so `observe` never mistakes it for the
+    /// workspace's container.
+    async fn push_helper(&self, spec: &ContainerSpec) -> Result<String> {
+        self.create_volume(spec).await?;
+        let name = format!("{}-push", Self::container_name(spec));
+        // A helper left by a crash mid-push holds the name.
+        let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
+        for leftover in self.list_containers(&filters).await? {
+            if leftover.has_name(&name)
+                && leftover.labels.as_ref().and_then(|l| l.get(LABEL_INSTANCE)) == Some(&self.instance)
+            {
+                if let Some(id) = leftover.id {
+                    self.remove_by_id(&id).await?;
+                }
+            }
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(vec!["true".into()]),
+            entrypoint: Some(vec![]),
+            labels: Some(HashMap::from([
+                (LABEL_INSTANCE.to_string(), self.instance.clone()),
+                (LABEL_HELPER.to_string(), "push".to_string()),
+            ])),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![Mount {
+                    target: Some(WORKSPACE_HOME.into()),
+                    source: Some(Self::volume_name(spec)),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        match self.api().await?.create_container(Some(options), body).await {
+            Ok(created) => Ok(created.id),
+            Err(e) if status(&e) == Some(404) => Err(BackendError::ImageNotFound(spec.image.clone())),
+            Err(e) => Err(self.error(&format!("create push helper {name}"), e)),
+        }
+    }
+
+    async fn upload(&self, container: &str, dest: &str, archive: &std::path::Path) -> Result<()> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| BackendError::Engine(format!("open the archive to upload: {e}")))?;
+        let chunks = tokio_util::io::ReaderStream::new(file);
+        let options = UploadToContainerOptionsBuilder::new().path(dest).build();
+        self.api()
+            .await?
+            .upload_to_container(container, Some(options), bollard::body_try_stream(chunks))
+            .await
+            .map_err(|e| self.container_error(&format!("put files into {dest}"), e))
+    }
+
     /// The list's status text had no exit code; ask the container itself. Failing that,
     /// -1 keeps observe() going: the code only feeds a message.
     async fn inspect_exit_code(&self, container: &str) -> i64 {

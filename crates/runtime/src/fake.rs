@@ -59,6 +59,8 @@ struct State {
     failures: HashMap<FakeOp, usize>,
     unreachable: bool,
     calls: Vec<FakeCall>,
+    /// Archives put into workspaces: (workspace, destination, tar bytes).
+    archives: Vec<(WorkspaceId, String, Vec<u8>)>,
 }
 
 /// The endpoint named in the fake's `Unreachable` errors.
@@ -91,6 +93,11 @@ impl FakeBackend {
 
     pub fn add_image(&self, name: &str) {
         self.lock().images.insert(name.to_string());
+    }
+
+    /// Archives put into workspaces so far: (workspace, destination, tar bytes).
+    pub fn archives(&self) -> Vec<(WorkspaceId, String, Vec<u8>)> {
+        self.lock().archives.clone()
     }
 
     pub fn containers(&self) -> BTreeMap<WorkspaceId, FakeContainer> {
@@ -275,6 +282,12 @@ impl Backend for FakeBackend {
         let line = format!("{}\n", request.cmd.join(" "));
         let events = vec![Ok(ExecEvent::Stdout(Bytes::from(line))), Ok(ExecEvent::Exit(0))];
         Ok(futures::stream::iter(events).boxed())
+    }
+
+    async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()> {
+        let bytes = std::fs::read(archive).map_err(|e| BackendError::Engine(format!("read archive: {e}")))?;
+        self.lock().archives.push((spec.workspace, dest.to_string(), bytes));
+        Ok(())
     }
 
     /// Loopback while running, so tests can point the proxy at a server of their own.

@@ -150,6 +150,7 @@ fn write_replacing(to: &Path, bytes: &[u8], mode: u32) -> Result<(), InjectError
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -137,6 +137,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn exec(&self, id: WorkspaceId, request: ExecRequest) -> Result<ExecStream>;
     /// The main process's stdout and stderr, interleaved as written.
     async fn logs(&self, id: WorkspaceId, options: LogOptions) -> Result<LogStream>;
+    /// Extracts the tar archive in the file `archive` at `dest` in the workspace's files,
+    /// running or not, without starting it. A workspace with no container yet gets a
+    /// short-lived helper container on its volume (labelled, not started, removed at once).
+    async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()>;
     /// The address the proxy reaches the running container at; `None` while it has none.
     async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>>;
 }

@@ -52,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Pushes stream archives of any size (checked as they are read): no body limit.
+        .merge(crate::files::router().layer(DefaultBodyLimit::disable()))
         .with_state(state)
 }
 

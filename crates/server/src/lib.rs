@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod files;
 pub mod gate;
 pub mod openapi;
 pub mod pages;

@@ -21,6 +21,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/workspaces/{ws}"),
     ("post", "/api/v1/workspaces/{ws}/exec"),
     ("get", "/api/v1/workspaces/{ws}/logs"),
+    ("put", "/api/v1/workspaces/{ws}/files"),
     ("get", "/api/v1/workspaces/{ws}/apps"),
     ("put", "/api/v1/workspaces/{ws}/apps/{app}"),
     ("get", "/api/v1/workspaces/{ws}/ssh"),
@@ -61,6 +62,11 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             "a stream of frames",
         ),
         ("get", "/api/v1/workspaces/{ws}/logs") => ("The container's output; `?follow=true&tail=N`", None, "text"),
+        ("put", "/api/v1/workspaces/{ws}/files") => (
+            "Put a tar archive (the body, application/x-tar) into the home at `?to=project`, running or stopped, without starting it",
+            None,
+            "what was put where: {to, files, directories, bytes}",
+        ),
         ("get", "/api/v1/workspaces/{ws}/apps") => {
             ("The apps of a workspace that have a share level other than owner", None, "apps")
         }

@@ -138,6 +138,18 @@ pub fn login_form(next: &str, error: Option<&str>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page("Log in to Cove", &body)).into_response()
 }
 
+/// A name under a workspace that is neither a port nor an app Cove serves.
+pub fn no_such_app(ws: &cove_core::Workspace, app: &str) -> Response {
+    html(
+        StatusCode::NOT_FOUND,
+        "No such app",
+        &format!(
+            "Workspace {} has no app named {app:?}. Open a port number (8080--{}--{}), code (VS Code) or term (a terminal).",
+            ws.name, ws.name, ws.owner_name
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,16 +162,4 @@ mod tests {
         assert_eq!(decode("a+b%2"), "a b%2");
         assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
-}
-
-/// A name under a workspace that is neither a port nor an app Cove serves.
-pub fn no_such_app(ws: &cove_core::Workspace, app: &str) -> Response {
-    html(
-        StatusCode::NOT_FOUND,
-        "No such app",
-        &format!(
-            "Workspace {} has no app named {app:?}. Open a port number (8080--{}--{}), code (VS Code) or term (a terminal).",
-            ws.name, ws.name, ws.owner_name
-        ),
-    )
 }
