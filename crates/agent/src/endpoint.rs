@@ -82,6 +82,7 @@ pub fn router(agent: Agent) -> Router {
     let apps = Apps { term: crate::terminal::app(agent.clone()) };
     Router::new()
         .route("/health", get(health))
+        .merge(crate::tunnel::routes())
         .layer(axum::middleware::from_fn_with_state(apps, dispatch_app))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), require_secret))
         .with_state(agent)

@@ -20,8 +20,11 @@ pub mod activity;
 pub mod clone;
 pub mod control;
 pub mod endpoint;
+pub mod ports;
 pub mod pty;
+pub mod ssh;
 pub mod terminal;
+pub mod tunnel;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +92,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    match ssh::prepare(&user) {
+        Ok(fingerprint) => println!("cove agent: SSH host key {fingerprint}"),
+        Err(e) => println!("cove agent: SSH is unavailable: {e:#}"),
+    }
+
     let agent = Agent::new(user.clone(), control.clone(), new_secret());
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
     tokio::spawn(agent.activity.clone().report_loop(control.clone()));
@@ -140,6 +148,15 @@ async fn workspace_info(control: &control::Control) -> Option<contract::Workspac
 fn new_secret() -> Arc<str> {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes).into()
+}
+
+/// Writes a file only its owner may read (created 0600, never briefly wider).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Makes `dir` (and its parents) and gives it to the user if it is new or root's.

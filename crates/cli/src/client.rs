@@ -32,6 +32,10 @@ impl Client {
         Ok(Self { url, token, http })
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = &self.token {

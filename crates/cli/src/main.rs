@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod output;
 mod push;
+mod ssh;
 mod wait;
 
 use std::net::SocketAddr;
@@ -71,6 +72,14 @@ enum Remote {
     Set(commands::SetArgs),
     /// Run a command in a running workspace, e.g. `cove exec api -- make test`.
     Exec(commands::ExecArgs),
+    /// Open a shell (or run a command: `cove ssh api -- make test`) over SSH; wakes the workspace.
+    Ssh(ssh::SshArgs),
+    /// Write `Host cove.<name>` entries for your workspaces to ~/.ssh/config (for ssh, scp, rsync, git, IDEs).
+    ConfigSsh(ssh::ConfigSshArgs),
+    /// Forward local ports to ports in a workspace: `cove port-forward api 3000 8000:3000`.
+    PortForward(ssh::PortForwardArgs),
+    /// List the TCP ports listening inside a workspace.
+    Ports(ssh::PortsArgs),
     /// Print a workspace's container output.
     Logs(commands::LogsArgs),
     /// Put a local folder into a workspace's home (running or stopped; it is not started).
@@ -212,6 +221,10 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Rm(a) => commands::rm(client, a).await,
         Remote::Set(a) => commands::set(client, a).await,
         Remote::Exec(a) => commands::exec(client, a).await,
+        Remote::Ssh(a) => ssh::ssh(client, a).await,
+        Remote::ConfigSsh(a) => ssh::config_ssh(client, a).await,
+        Remote::PortForward(a) => ssh::port_forward(client, a).await,
+        Remote::Ports(a) => ssh::ports(client, a).await,
         Remote::Logs(a) => commands::logs(client, a).await,
         Remote::Push(a) => push::push(client, a).await,
         Remote::Open(a) => commands::open(client, a).await,

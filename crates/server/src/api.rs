@@ -4,6 +4,8 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +24,7 @@ use serde_json::json;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::views::*;
-use crate::{openapi, workspaces, AppState};
+use crate::{openapi, tunnel, workspaces, AppState};
 
 /// Large enough for any request this API takes; anything bigger is a mistake or an attack.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,6 +47,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workspaces/{ws}/logs", get(logs))
         .route("/api/v1/workspaces/{ws}/apps", get(list_apps))
         .route("/api/v1/workspaces/{ws}/apps/{app}", axum::routing::put(share_app))
+        .route("/api/v1/workspaces/{ws}/ssh", get(ssh))
+        .route("/api/v1/workspaces/{ws}/tcp/{port}", get(tcp))
+        .route("/api/v1/workspaces/{ws}/ports", get(ports))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -351,4 +356,58 @@ async fn share_app(
     state.store.app_share_set(ws.id, &app, body.share).await?;
     state.routes.invalidate();
     Ok(Json(app_view(&state, &ws, app, body.share)))
+}
+
+/// The caller's own workspace: a shell or a tunnel is for its owner only (admins included:
+/// they manage workspaces, they do not get into them).
+async fn own_workspace(state: &AppState, user: &cove_core::User, key: &str) -> Result<cove_core::Workspace, ApiError> {
+    let ws = workspaces::resolve(state, user, key).await?;
+    if ws.owner != user.id {
+        return Err(ApiError::NotFound(format!("workspace {key} not found; list yours with `cove ls`")));
+    }
+    Ok(ws)
+}
+
+fn websocket(upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Result<WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|_| ApiError::InvalidRequest("open this route as a WebSocket (e.g. with `cove ssh`)".into()))
+}
+
+async fn ssh(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = own_workspace(&state, &user, &key).await?;
+    let upgrade = websocket(upgrade)?;
+    let stream = tunnel::open(&state, &ws, "/ssh", "cove-ssh").await?;
+    tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "ssh tunnel opened");
+    let id = ws.id;
+    Ok(upgrade.on_upgrade(move |socket| tunnel::pipe(state, id, socket, stream, tunnel::Activity::None)))
+}
+
+async fn tcp(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path((key, port)): Path<(String, String)>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = own_workspace(&state, &user, &key).await?;
+    let port: u16 =
+        port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{port:?} is not a TCP port; use a number from 1 to 65535"))
+        })?;
+    let upgrade = websocket(upgrade)?;
+    let stream = tunnel::open(&state, &ws, &format!("/tcp/{port}"), "cove-tcp").await?;
+    let id = ws.id;
+    Ok(upgrade.on_upgrade(move |socket| tunnel::pipe(state, id, socket, stream, tunnel::Activity::Kind("tunnel"))))
+}
+
+async fn ports(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ws = own_workspace(&state, &user, &key).await?;
+    Ok(Json(tunnel::get_json(&state, &ws, "/ports").await?))
 }

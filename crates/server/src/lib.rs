@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod openapi;
 pub mod pages;
 pub mod tickets;
+pub mod tunnel;
 pub mod views;
 pub mod workspaces;
 

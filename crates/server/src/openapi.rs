@@ -25,6 +25,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/workspaces/{ws}/files"),
     ("get", "/api/v1/workspaces/{ws}/apps"),
     ("put", "/api/v1/workspaces/{ws}/apps/{app}"),
+    ("get", "/api/v1/workspaces/{ws}/ssh"),
+    ("get", "/api/v1/workspaces/{ws}/tcp/{port}"),
+    ("get", "/api/v1/workspaces/{ws}/ports"),
 ];
 
 fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'static str) {
@@ -76,6 +79,19 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
         ("put", "/api/v1/workspaces/{ws}/apps/{app}") => {
             ("Set who may open an app (a port or a name): owner, authenticated or public", Some("Share"), "the app")
         }
+        ("get", "/api/v1/workspaces/{ws}/ssh") => (
+            "WebSocket: the workspace's SSH server (binary frames carry the SSH byte stream); wakes a stopped workspace",
+            None,
+            "101 Switching Protocols",
+        ),
+        ("get", "/api/v1/workspaces/{ws}/tcp/{port}") => (
+            "WebSocket: a byte pipe to 127.0.0.1:{port} inside the workspace; wakes a stopped workspace",
+            None,
+            "101 Switching Protocols",
+        ),
+        ("get", "/api/v1/workspaces/{ws}/ports") => {
+            ("The TCP ports listening inside the workspace, with their programs", None, "ports")
+        }
         _ => ("", None, ""),
     }
 }
@@ -96,6 +112,11 @@ pub fn document() -> Value {
             op["parameters"] = json!([
                 { "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } },
                 { "name": "app", "in": "path", "required": true, "description": "a port number or an app name", "schema": { "type": "string" } }
+            ]);
+        } else if path.contains("{port}") {
+            op["parameters"] = json!([
+                { "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } },
+                { "name": "port", "in": "path", "required": true, "description": "a TCP port inside the workspace", "schema": { "type": "integer", "minimum": 1, "maximum": 65535 } }
             ]);
         } else if path.contains("{ws}") {
             op["parameters"] = json!([{ "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } }]);
