@@ -8,7 +8,8 @@
 //!   that only the host can reach, guarded by a secret made fresh at every start
 //!   ([`endpoint`]): health, and the services below;
 //! * reports its state and the user's activity to the control plane ([`control`],
-//!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP.
+//!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP;
+//! * runs and supervises the editor, code-server, when Cove mounted one ([`editor`]).
 //!
 //! See `cove_core::agent` for the contract with the control plane.
 
@@ -16,6 +17,7 @@
 
 pub mod activity;
 pub mod control;
+pub mod editor;
 pub mod endpoint;
 pub mod pty;
 pub mod user;
@@ -69,7 +71,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ensure_user_dir(&user, &user.home.join("project"))?;
     ensure_user_dir(&user, &config.run_dir.join(contract::USER_RUN_SUBDIR))?;
 
-    let agent = Agent::new(user.clone(), control.clone(), new_secret());
+    let mut agent = Agent::new(user.clone(), control.clone(), new_secret());
+    let editor = editor::EditorConfig {
+        dir: config.editor_dir.clone(),
+        socket: config.run_dir.join(contract::USER_RUN_SUBDIR).join(editor::SOCKET_NAME),
+        folder: user.home.join("project"),
+    };
+    agent.editor = editor::start(editor, agent.user.clone());
+    if agent.editor.is_none() {
+        println!("cove agent: no editor in {} (cove editor install adds one)", config.editor_dir.display());
+    }
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
     tokio::spawn(agent.activity.clone().report_loop(control.clone()));
     start_on_start_hook(&user);
@@ -82,6 +93,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         result = served => result.context("serve the agent's socket")?,
         _ = term.recv() => println!("cove agent: stopping"),
         _ = tokio::signal::ctrl_c() => println!("cove agent: stopping"),
+    }
+    if let Some(editor) = &agent.editor {
+        editor.stop().await;
     }
     Ok(())
 }
@@ -127,7 +141,8 @@ async fn report_state(control: &control::Control, state: AgentState, message: Op
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
 fn start_on_start_hook(user: &user::WorkspaceUser) {
     let hook = user.home.join(".cove/on-start");
-    let executable = std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+    let executable =
+        std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
     if !executable {
         return;
     }

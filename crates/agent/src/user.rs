@@ -63,7 +63,9 @@ impl WorkspaceUser {
             Some(user) => user,
             None => {
                 let shell = if root.join("bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
-                let line = format!("{DEFAULT_NAME}:x:{DEFAULT_UID}:{DEFAULT_UID}:Cove workspace user:{DEFAULT_HOME}:{shell}\n");
+                let line = format!(
+                    "{DEFAULT_NAME}:x:{DEFAULT_UID}:{DEFAULT_UID}:Cove workspace user:{DEFAULT_HOME}:{shell}\n"
+                );
                 append(&passwd, &line)?;
                 prepared.added_user = true;
                 WorkspaceUser {
@@ -156,6 +158,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
     })
 }
 
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
 mod tests {
     use super::*;

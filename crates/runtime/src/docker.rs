@@ -79,7 +79,13 @@ impl DockerBackend {
 
     /// A backend whose client is made on first use, once `endpoint`'s socket exists.
     pub fn lazy(endpoint: String, instance: String) -> Self {
-        Self { docker: std::sync::Mutex::new(None), endpoint, instance, negotiated: AtomicBool::new(false), injection: None }
+        Self {
+            docker: std::sync::Mutex::new(None),
+            endpoint,
+            instance,
+            negotiated: AtomicBool::new(false),
+            injection: None,
+        }
     }
 
     /// Workspaces made from now on run the injected agent as their main process.
@@ -95,9 +101,9 @@ impl DockerBackend {
             let cmd = vec!["/bin/sh".into(), "-c".into(), IDLE_COMMAND.into()];
             return Ok((format!("{WORKSPACE_UID}:{WORKSPACE_UID}"), cmd, vec![]));
         };
-        let run_dir = injection.ensure_run_dir(spec.workspace).map_err(|e| {
-            BackendError::Engine(format!("create the run directory for workspace {}: {e}", spec.name))
-        })?;
+        let run_dir = injection
+            .ensure_run_dir(spec.workspace)
+            .map_err(|e| BackendError::Engine(format!("create the run directory for workspace {}: {e}", spec.name)))?;
         let bind = |source: &std::path::Path, target: &str, read_only: bool| Mount {
             target: Some(target.into()),
             source: Some(source.display().to_string()),
@@ -109,8 +115,8 @@ impl DockerBackend {
             bind(&injection.agent_dir, cove_core::agent::AGENT_DIR, true),
             bind(&run_dir, cove_core::agent::RUN_DIR, false),
         ];
-        if let Some(editor) = &injection.editor_dir {
-            mounts.push(bind(editor, cove_core::agent::EDITOR_DIR, true));
+        if let Some(editor) = injection.editor_dir() {
+            mounts.push(bind(&editor, cove_core::agent::EDITOR_DIR, true));
         }
         Ok(("0:0".into(), crate::inject::agent_command(), mounts))
     }

@@ -107,7 +107,11 @@ impl Agents {
         // Run directories of workspaces that are gone (deleted while we were down, too).
         if let Ok(entries) = std::fs::read_dir(run_root) {
             for entry in entries.flatten() {
-                let gone = entry.file_name().to_str().and_then(|n| n.parse::<WorkspaceId>().ok()).is_some_and(|id| !wanted.contains_key(&id));
+                let gone = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<WorkspaceId>().ok())
+                    .is_some_and(|id| !wanted.contains_key(&id));
                 if gone {
                     let _ = std::fs::remove_dir_all(entry.path());
                     if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
@@ -143,7 +147,7 @@ fn listen(run_root: &Path, id: WorkspaceId, state: AppState) -> std::io::Result<
     use std::os::unix::fs::PermissionsExt;
     let dir = run_root.join(id.to_string());
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
     let path = dir.join(contract::CONTROL_SOCKET);
     match std::fs::remove_file(&path) {
         Ok(()) => {}

@@ -272,12 +272,7 @@ fn agent_injection(data_dir: &std::path::Path) -> anyhow::Result<cove_runtime::I
     let exe = std::env::current_exe().context("cannot find the cove binary to inject as the workspace agent")?;
     let agent_dir = cove_runtime::inject::prepare_agent_dir(data_dir, &exe)
         .context("cannot prepare the workspace agent for injection")?;
-    let editor_dir = data_dir.join("editor/current");
-    Ok(cove_runtime::Injection {
-        agent_dir,
-        run_root: run_root(data_dir),
-        editor_dir: editor_dir.is_dir().then_some(editor_dir),
-    })
+    Ok(cove_runtime::Injection { agent_dir, run_root: run_root(data_dir), editor_from: Some(data_dir.to_path_buf()) })
 }
 
 /// Where workspaces' run directories (the agents' sockets) live. Unix socket paths are
