@@ -345,6 +345,7 @@ impl AppGate {
             headers: Vec::new(),
             strip_authorization: matches!(identity, Identity::Bearer(_)),
             connect_patience: Duration::ZERO,
+            websocket_activity: cove_proxy::WebSocketActivity::AnyData,
         }))
     }
 
