@@ -176,6 +176,7 @@ pub fn control_router(control: ControlState) -> Router {
     Router::new()
         .route("/v1/state", post(report_state))
         .route("/v1/activity", post(report_activity))
+        .route("/v1/git-credential", axum::routing::get(git_credential))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(control)
 }
@@ -205,6 +206,44 @@ async fn report_activity(State(c): State<ControlState>, Json(report): Json<Activ
         status.sessions = report.sessions;
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CredentialQuery {
+    #[serde(default)]
+    protocol: String,
+    host: String,
+}
+
+/// git's credential question, from the agent: the workspace owner's token for that host.
+async fn git_credential(
+    State(c): State<ControlState>,
+    axum::extract::Query(q): axum::extract::Query<CredentialQuery>,
+) -> Response {
+    let not_found = |message: String| {
+        (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": {"code": "not_found", "message": message}})))
+            .into_response()
+    };
+    let host = match crate::api::git_host(&q.host) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let workspace = match c.state.store.workspace_get(c.workspace).await {
+        Ok(w) => w,
+        Err(_) => return not_found(format!("workspace {} is gone", c.workspace)),
+    };
+    match crate::secrets::git_token_for(c.state.store.as_ref(), &c.state.config.data_dir, workspace.owner, &host).await
+    {
+        Ok(Some((username, password))) => {
+            tracing::info!(workspace = %workspace.name, host = %host, protocol = %q.protocol, "git credential handed to the agent");
+            Json(serde_json::json!({ "username": username, "password": password })).into_response()
+        }
+        Ok(None) => not_found(format!("no Git token for {host}; store one with `cove git-token set {host}`")),
+        Err(e) => {
+            tracing::error!(workspace = %workspace.name, host = %host, error = %e, "cannot answer a git credential question");
+            e.into_response()
+        }
+    }
 }
 
 /// The activity kinds the store records; anything else an agent says is "agent".

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod openapi;
 pub mod pages;
+pub mod secrets;
 pub mod tickets;
 pub mod views;
 pub mod workspaces;
@@ -155,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
     }
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
+    secrets::Vault::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -225,6 +227,7 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
     let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
     let mut notes: Vec<String> = engine.note.iter().cloned().collect();
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
+    secrets::Vault::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
