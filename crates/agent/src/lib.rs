@@ -17,6 +17,7 @@
 
 pub mod activity;
 pub mod control;
+pub mod credential;
 pub mod editor;
 pub mod endpoint;
 pub mod pty;
@@ -83,6 +84,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
     tokio::spawn(agent.activity.clone().report_loop(control.clone()));
+    match credential::wire_git_config(&config.root) {
+        Ok(true) => println!("cove agent: git asks Cove for tokens (credential helper in /etc/gitconfig)"),
+        Ok(false) => {}
+        Err(e) => println!("cove agent: cannot add the git credential helper to /etc/gitconfig: {e}"),
+    }
+    match credential::bind(&config.run_dir.join(contract::USER_RUN_SUBDIR), &user) {
+        Ok(listener) => {
+            tokio::spawn(credential::serve(listener, control.clone()));
+        }
+        Err(e) => println!("cove agent: cannot open the git credential socket: {e}"),
+    }
     start_on_start_hook(&user);
 
     println!("cove agent: ready");
@@ -98,6 +110,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         editor.stop().await;
     }
     Ok(())
+}
+
+/// `cove agent git-credential get|store|erase`: git's credential helper, run as the user.
+pub async fn git_credential(operation: &str) -> anyhow::Result<()> {
+    credential::helper(Path::new(contract::RUN_DIR), operation).await
 }
 
 /// 256 random bits, hex: the secret the control plane must present on every request.

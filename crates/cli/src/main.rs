@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod config;
+mod git_token;
 mod output;
 mod wait;
 
@@ -43,7 +44,10 @@ enum Command {
     Editor(EditorCommand),
     /// Run as a workspace's agent (Cove starts this inside every workspace).
     #[command(hide = true)]
-    Agent,
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
     /// Print shell completions, e.g. `cove completions bash > /etc/bash_completion.d/cove`.
     Completions { shell: clap_complete::Shell },
     #[command(flatten)]
@@ -79,6 +83,9 @@ enum Remote {
     Open(commands::OpenArgs),
     /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
     Share(commands::ShareArgs),
+    /// Git tokens workspaces' git uses (`cove git-token set github.com`).
+    #[command(subcommand)]
+    GitToken(git_token::GitTokenCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
@@ -87,6 +94,12 @@ enum Remote {
     Users(commands::UsersCommand),
     /// Show the server's engine and reconciler status.
     Status,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// git's credential helper (wired into the workspace's /etc/gitconfig): get|store|erase.
+    GitCredential { operation: String },
 }
 
 #[derive(Subcommand)]
@@ -209,7 +222,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
         Command::Editor(EditorCommand::Install(args)) => editor_install(args).map(|()| ExitCode::SUCCESS),
-        Command::Agent => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: None } => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
+            cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -237,6 +253,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,
+        Remote::GitToken(c) => git_token::run(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
         Remote::Status => commands::status(client).await,
     }
