@@ -102,6 +102,7 @@ impl Activity {
     }
 }
 
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

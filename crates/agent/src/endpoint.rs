@@ -33,6 +33,8 @@ pub struct Agent {
     pub user: Arc<WorkspaceUser>,
     pub control: Control,
     pub activity: Activity,
+    /// The editor's supervisor, when an editor is mounted.
+    pub editor: Option<crate::editor::Editor>,
     secret: Arc<str>,
     started_at: std::time::SystemTime,
 }
@@ -43,6 +45,7 @@ impl Agent {
             user: Arc::new(user),
             control,
             activity: Activity::default(),
+            editor: None,
             secret,
             started_at: std::time::SystemTime::now(),
         }
@@ -138,6 +141,7 @@ async fn health(State(agent): State<Agent>) -> Json<serde_json::Value> {
         "uid": agent.user.uid,
         "started_at_unix": started,
         "sessions": agent.activity.sessions(),
+        "editor": agent.editor.as_ref().map(|e| e.status()),
     }))
 }
 

@@ -10,7 +10,8 @@
 //! * serves the web terminal: shells on PTYs in sessions that survive reloads and drops,
 //!   with scrollback ([`terminal`]);
 //! * reports its state and the user's activity to the control plane ([`control`],
-//!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP.
+//!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP;
+//! * runs and supervises the editor, code-server, when Cove mounted one ([`editor`]).
 //!
 //! See `cove_core::agent` for the contract with the control plane.
 
@@ -19,6 +20,8 @@
 pub mod activity;
 pub mod clone;
 pub mod control;
+pub mod credential;
+pub mod editor;
 pub mod endpoint;
 pub mod ports;
 pub mod pty;
@@ -97,9 +100,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => println!("cove agent: SSH is unavailable: {e:#}"),
     }
 
-    let agent = Agent::new(user.clone(), control.clone(), new_secret());
+    let mut agent = Agent::new(user.clone(), control.clone(), new_secret());
+    let editor = editor::EditorConfig {
+        dir: config.editor_dir.clone(),
+        socket: config.run_dir.join(contract::USER_RUN_SUBDIR).join(editor::SOCKET_NAME),
+        folder: user.home.join("project"),
+    };
+    agent.editor = editor::start(editor, agent.user.clone());
+    if agent.editor.is_none() {
+        println!("cove agent: no editor in {} (cove editor install adds one)", config.editor_dir.display());
+    }
     let listener = endpoint::bind(&config.run_dir, &agent).await.context("open the agent's socket")?;
     tokio::spawn(agent.activity.clone().report_loop(control.clone()));
+    match credential::wire_git_config(&config.root) {
+        Ok(true) => println!("cove agent: git asks Cove for tokens (credential helper in /etc/gitconfig)"),
+        Ok(false) => {}
+        Err(e) => println!("cove agent: cannot add the git credential helper to /etc/gitconfig: {e}"),
+    }
+    match credential::bind(&config.run_dir.join(contract::USER_RUN_SUBDIR), &user) {
+        Ok(listener) => {
+            tokio::spawn(credential::serve(listener, control.clone()));
+        }
+        Err(e) => println!("cove agent: cannot open the git credential socket: {e}"),
+    }
     // Served from here on: the terminal and SSH work while the code is still cloning.
     let mut served = tokio::spawn(endpoint::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -125,6 +148,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => println!("cove agent: stopping"),
         _ = tokio::signal::ctrl_c() => println!("cove agent: stopping"),
     }
+    if let Some(editor) = &agent.editor {
+        editor.stop().await;
+    }
     Ok(())
 }
 
@@ -142,6 +168,11 @@ async fn workspace_info(control: &control::Control) -> Option<contract::Workspac
     }
     println!("cove agent: the control plane did not say what this workspace is; starting without its repository");
     None
+}
+
+/// `cove agent git-credential get|store|erase`: git's credential helper, run as the user.
+pub async fn git_credential(operation: &str) -> anyhow::Result<()> {
+    credential::helper(Path::new(contract::RUN_DIR), operation).await
 }
 
 /// 256 random bits, hex: the secret the control plane must present on every request.

@@ -148,6 +148,7 @@ impl AsyncWrite for Master {
     }
 }
 
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

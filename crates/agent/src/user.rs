@@ -171,6 +171,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
     })
 }
 
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod config;
+mod git_token;
 mod output;
 mod push;
 mod ssh;
@@ -40,9 +41,15 @@ enum Command {
     /// Build workspace images without a registry.
     #[command(subcommand)]
     Image(commands::ImageCommand),
+    /// Install the editor (code-server) that workspaces get at /.cove/editor.
+    #[command(subcommand)]
+    Editor(EditorCommand),
     /// Run as a workspace's agent (Cove starts this inside every workspace).
     #[command(hide = true)]
-    Agent,
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
     /// Print shell completions, e.g. `cove completions bash > /etc/bash_completion.d/cove`.
     Completions { shell: clap_complete::Shell },
     #[command(flatten)]
@@ -88,6 +95,9 @@ enum Remote {
     Open(commands::OpenArgs),
     /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
     Share(commands::ShareArgs),
+    /// Git tokens workspaces' git uses (`cove git-token set github.com`).
+    #[command(subcommand)]
+    GitToken(git_token::GitTokenCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
@@ -96,6 +106,32 @@ enum Remote {
     Users(commands::UsersCommand),
     /// Show the server's engine and reconciler status.
     Status,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// git's credential helper (wired into the workspace's /etc/gitconfig): get|store|erase.
+    GitCredential { operation: String },
+}
+
+#[derive(Subcommand)]
+enum EditorCommand {
+    /// Install code-server into <data-dir>/editor (run on the Cove host, as the server's
+    /// data directory owner); workspaces made or recreated afterwards get it.
+    Install(EditorInstallArgs),
+}
+
+#[derive(clap::Args)]
+struct EditorInstallArgs {
+    /// The code-server version (4.100.3 is the last that accepts Node.js 20).
+    #[arg(long, default_value = cove_runtime::editor::DEFAULT_VERSION)]
+    version: String,
+    /// The server's data directory (default: the user's data dir, `cove/`).
+    #[arg(long, env = "COVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep npm's download here by version and reuse it (CI keeps one outside the repo).
+    #[arg(long, env = "COVE_EDITOR_CACHE")]
+    cache: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -197,7 +233,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
-        Command::Agent => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Editor(EditorCommand::Install(args)) => editor_install(args).map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: None } => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
+            cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -230,6 +270,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,
+        Remote::GitToken(c) => git_token::run(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
         Remote::Status => commands::status(client).await,
     }
@@ -244,6 +285,31 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     println!("cove proxy listening on http://{}", proxy.addr);
     proxy.run_until_signal().await
+}
+
+fn editor_install(args: EditorInstallArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => config::data_dir()?,
+    };
+    use anyhow::Context as _;
+    let install =
+        cove_runtime::editor::InstallConfig { data_dir, version: args.version.clone(), cache_dir: args.cache };
+    let started = std::time::Instant::now();
+    let installed = cove_runtime::editor::install(&install, &mut |line| eprintln!("editor: {line}"))
+        .with_context(|| format!("cannot install code-server {}", args.version))?;
+    match installed {
+        cove_runtime::editor::Installed::Already(dir) => {
+            println!("code-server {} is installed in {}", args.version, dir.display())
+        }
+        cove_runtime::editor::Installed::Fresh(dir) => println!(
+            "installed code-server {} in {} ({} s); workspaces made from now on get it",
+            args.version,
+            dir.display(),
+            started.elapsed().as_secs()
+        ),
+    }
+    Ok(())
 }
 
 async fn agent() -> anyhow::Result<()> {

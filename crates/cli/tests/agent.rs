@@ -104,9 +104,11 @@ fn the_agent_endpoint_needs_this_workspace_and_this_start_secret() {
     assert_eq!(get_status(&socket, "/health", Some(&s2)), 401, "another workspace's secret");
     assert_eq!(get_status(&socket, "/health", Some("")), 401);
 
-    // Only root (the host) may even connect: the socket and its directory are root's.
+    // Only root (the host) may connect: the socket and the secret are root's, in a directory
+    // others may only pass through (to the user's own `user/` below it).
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&one).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&one).unwrap().permissions().mode() & 0o777, 0o711);
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::metadata(one.join("secret")).unwrap().permissions().mode() & 0o777, 0o600);
     // ... and the workspace user cannot read the secret from inside.
     let out = server.cove(&["exec", "one", "--", "cat", "/.cove/run/secret"]);

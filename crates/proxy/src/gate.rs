@@ -33,7 +33,36 @@ pub struct Admitted {
     /// A non-zero patience costs a probe connection per request: give it only while the
     /// workspace may still be starting.
     pub connect_patience: Duration,
+    /// Which WebSocket traffic from the client is user activity.
+    pub websocket_activity: WebSocketActivity,
 }
+
+/// Which data a client sends over a WebSocket counts as user activity (for the idle stop).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WebSocketActivity {
+    /// Any byte from the client: an app's traffic is its user's doing. The default.
+    #[default]
+    AnyData,
+    /// Only data frames (text, binary, continuation) with more than this many bytes of
+    /// payload; control frames (ping, pong, close) never. For apps whose open but idle
+    /// clients send small keep-alive frames on a timer, which must not keep a workspace
+    /// awake forever: see [`WebSocketActivity::code_server`].
+    FramesLargerThan(u64),
+}
+
+impl WebSocketActivity {
+    /// The rule for VS Code (code-server): an open tab, untouched, sends only
+    /// `PersistentProtocol` control messages (keep-alive every few seconds, acks), which are
+    /// a 13-byte header without a body, as one frame each (smaller still under
+    /// permessage-deflate). Anything the user does (a keystroke in an editor or the
+    /// terminal, opening or saving a file) sends an RPC message: a header and a body.
+    pub const fn code_server() -> Self {
+        WebSocketActivity::FramesLargerThan(CODE_SERVER_CONTROL_MESSAGE_BYTES)
+    }
+}
+
+/// The size of VS Code's protocol header; frames no larger carry no user action.
+pub const CODE_SERVER_CONTROL_MESSAGE_BYTES: u64 = 13;
 
 /// The gate's answer about one request.
 pub enum Verdict {

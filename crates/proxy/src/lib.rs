@@ -33,7 +33,7 @@ mod serve;
 mod tunnel;
 mod upstream;
 
-pub use gate::{ActivityKind, Admitted, Gate, Verdict};
+pub use gate::{ActivityKind, Admitted, Gate, Verdict, WebSocketActivity, CODE_SERVER_CONTROL_MESSAGE_BYTES};
 pub use host::{parse_host, App, AppHost};
 pub use metrics::Metrics;
 pub use proxy::{Config, Proxy};

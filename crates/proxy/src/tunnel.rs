@@ -1,9 +1,11 @@
 //! WebSocket pass-through: after both sides agreed to switch protocols, the proxy stops
 //! speaking HTTP and copies bytes both ways until either side closes.
 //!
-//! The frames are not parsed: the app and the client speak WebSocket to each other. Data from
+//! The frames are not changed: the app and the client speak WebSocket to each other. Data from
 //! the client is user activity and keeps the workspace awake, a chatty socket at most once
-//! a second.
+//! a second. For apps whose idle clients send keep-alives ([`WebSocketActivity`]), the
+//! client's frame headers are followed (never the payloads) to tell small frames from real
+//! ones.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::gate::{ActivityKind, Admitted, Gate};
+use crate::gate::{ActivityKind, Admitted, Gate, WebSocketActivity};
 use crate::metrics::Metrics;
 
 /// How long one direction of a tunnel may go on after the other one ended.
@@ -103,13 +105,29 @@ struct ClientSide<T> {
     gate: Arc<dyn Gate>,
     workspace: cove_core::WorkspaceId,
     last_activity: Option<Instant>,
+    /// Follows the client's frames when only some of them count.
+    frames: Option<(FrameScanner, u64)>,
     read: u64,
     written: u64,
 }
 
 impl<T> ClientSide<T> {
     fn new(io: T, gate: Arc<dyn Gate>, admitted: &Admitted) -> Self {
-        Self { io, gate, workspace: admitted.workspace, last_activity: None, read: 0, written: 0 }
+        let frames = match admitted.websocket_activity {
+            WebSocketActivity::AnyData => None,
+            WebSocketActivity::FramesLargerThan(bytes) => Some((FrameScanner::default(), bytes)),
+        };
+        Self { io, gate, workspace: admitted.workspace, last_activity: None, frames, read: 0, written: 0 }
+    }
+
+    fn note_data(&mut self, data: &[u8]) {
+        let counts = match &mut self.frames {
+            None => true,
+            Some((scanner, min)) => scanner.feed(data, *min),
+        };
+        if counts {
+            self.note_activity();
+        }
     }
 
     fn note_activity(&mut self) {
@@ -130,7 +148,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientSide<T> {
             let read = buf.filled().len() - before;
             if read > 0 {
                 this.read += read as u64;
-                this.note_activity();
+                this.note_data(&buf.filled()[before..]);
             }
         }
         polled
@@ -153,5 +171,119 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientSide<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Follows a client's WebSocket frames (RFC 6455 section 5.2) across reads: headers are
+/// parsed, payloads skipped. A stream that is not WebSocket at all just yields nonsense
+/// lengths, which only decide what counts as activity.
+#[derive(Default)]
+struct FrameScanner {
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: u64,
+}
+
+impl FrameScanner {
+    /// Consumes `data`; true if a frame began in it that counts as activity: a data frame
+    /// (opcode 0, 1 or 2) with more than `min` bytes of payload.
+    fn feed(&mut self, mut data: &[u8], min: u64) -> bool {
+        let mut counts = false;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(data.len());
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            let Some(needed) = self.header_len() else { continue };
+            if self.have < needed {
+                continue;
+            }
+            let opcode = self.header[0] & 0x0f;
+            let len7 = u64::from(self.header[1] & 0x7f);
+            let len = match len7 {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                n => n,
+            };
+            counts |= opcode <= 2 && len > min;
+            self.skip = len;
+            self.have = 0;
+        }
+        counts
+    }
+
+    /// The whole header's length, once its first two bytes are in.
+    fn header_len(&self) -> Option<usize> {
+        if self.have < 2 {
+            return None;
+        }
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        Some(2 + extended + mask)
+    }
+}
+
+#[allow(clippy::unwrap_used)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame: opcode, payload length (the payload is zeros).
+    fn frame(opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend(std::iter::repeat_n(0u8, len));
+        f
+    }
+
+    #[test]
+    fn only_data_frames_above_the_threshold_count() {
+        let check = |frames: &[Vec<u8>], expected: bool| {
+            let bytes: Vec<u8> = frames.concat();
+            assert_eq!(FrameScanner::default().feed(&bytes, 13), expected, "{frames:?}");
+            // The same bytes one at a time: headers and payloads split across reads.
+            let mut scanner = FrameScanner::default();
+            let split = bytes.iter().fold(false, |acc, b| scanner.feed(&[*b], 13) | acc);
+            assert_eq!(split, expected, "byte by byte: {frames:?}");
+        };
+        check(&[frame(2, 13)], false); // a keep-alive: header only
+        check(&[frame(2, 13), frame(2, 13), frame(2, 5)], false);
+        check(&[frame(2, 14)], true);
+        check(&[frame(1, 200)], true);
+        check(&[frame(0, 300)], true); // a continuation carries data too
+        check(&[frame(9, 100), frame(10, 100), frame(8, 2)], false); // ping, pong, close
+        check(&[frame(2, 13), frame(2, 70_000)], true); // 64-bit length
+        check(&[frame(2, 10), frame(2, 300), frame(2, 2)], true);
+        // A payload that looks like a big frame header is skipped, not parsed.
+        let mut tricky = frame(2, 13);
+        let n = tricky.len();
+        tricky[n - 13] = 0x82;
+        tricky[n - 12] = 0xfe;
+        check(&[tricky, frame(2, 4)], false);
     }
 }

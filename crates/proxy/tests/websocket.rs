@@ -78,3 +78,25 @@ async fn websocket_closed_by_the_app() {
     await_tunnel_end(&proxy).await;
     drop(socket);
 }
+
+/// VS Code's rule: an idle tab's keep-alives (header-only protocol messages) and pings pass
+/// through but are not activity; a message with a body is.
+#[tokio::test]
+async fn keep_alive_frames_are_not_activity_for_code_server() {
+    let (_upstream, gate, proxy) =
+        setup_with(|g| g.websocket_activity = cove_proxy::WebSocketActivity::code_server()).await;
+    let mut socket = connect(&proxy, "/ws").await;
+    let keep_alive = vec![9u8; cove_proxy::CODE_SERVER_CONTROL_MESSAGE_BYTES as usize];
+    for _ in 0..5 {
+        socket.send(Message::binary(keep_alive.clone())).await.unwrap();
+        // Echoed: it went through the tunnel both ways.
+        assert_eq!(next(&mut socket).await, Some(Message::binary(keep_alive.clone())));
+    }
+    assert!(!gate.activity().contains(&ActivityKind::WebSocket), "keep-alives counted: {:?}", gate.activity());
+
+    socket.send(Message::text("{\"type\":\"keystroke\",\"text\":\"x\",\"line\":12}")).await.unwrap();
+    next(&mut socket).await;
+    let counted = eventually(|| gate.activity().contains(&ActivityKind::WebSocket).then_some(())).await;
+    assert!(counted.is_some(), "a real message was not activity: {:?}", gate.activity());
+    socket.close(None).await.unwrap();
+}

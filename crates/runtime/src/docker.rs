@@ -117,8 +117,8 @@ impl DockerBackend {
             bind(&injection.agent_dir, cove_core::agent::AGENT_DIR, true),
             bind(&run_dir, cove_core::agent::RUN_DIR, false),
         ];
-        if let Some(editor) = &injection.editor_dir {
-            mounts.push(bind(editor, cove_core::agent::EDITOR_DIR, true));
+        if let Some(editor) = injection.editor_dir() {
+            mounts.push(bind(&editor, cove_core::agent::EDITOR_DIR, true));
         }
         Ok(("0:0".into(), crate::inject::agent_command(), mounts))
     }

@@ -19,8 +19,10 @@ pub struct Injection {
     pub agent_dir: PathBuf,
     /// Each workspace's run directory is `<run_root>/<workspace id>`, mounted at `/.cove/run`.
     pub run_root: PathBuf,
-    /// Mounted read-only at `/.cove/editor` when set (see `cove editor install`).
-    pub editor_dir: Option<PathBuf>,
+    /// The data directory whose `editor/current` is mounted read-only at `/.cove/editor`
+    /// (see `cove editor install`). Looked at each time a container is made, so an editor
+    /// installed while the server runs reaches the next workspace made; `None`: no editor.
+    pub editor_from: Option<PathBuf>,
 }
 
 /// The program a workspace runs as its main process: the agent through the bundled loader,
@@ -38,16 +40,24 @@ pub fn agent_command() -> Vec<String> {
 const LOADER_NAME: &str = "ld-linux.so";
 
 impl Injection {
+    /// The installed editor's directory as of now (the `current` link resolved, so the
+    /// container keeps its version when a later install moves the link).
+    pub fn editor_dir(&self) -> Option<PathBuf> {
+        crate::editor::current(self.editor_from.as_ref()?)
+    }
+
     pub fn run_dir(&self, id: WorkspaceId) -> PathBuf {
         self.run_root.join(id.to_string())
     }
 
-    /// Makes the workspace's run directory (root's only); the bind mount needs it to exist.
+    /// Makes the workspace's run directory; the bind mount needs it to exist. Root's, and
+    /// only searchable by others (0711): the workspace user reaches its own `user/` inside,
+    /// while the secret and the sockets stay 0600.
     pub fn ensure_run_dir(&self, id: WorkspaceId) -> io::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.run_dir(id);
         std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         Ok(dir)
     }
 }
@@ -118,7 +128,7 @@ fn shared_libraries(exe: &Path) -> Result<(PathBuf, Vec<PathBuf>), InjectError> 
 
 /// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` lines are libraries; the one
 /// absolute path without `=>` is the loader; `linux-vdso.so.1` has no file.
-fn parse_ldd(text: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
+pub(crate) fn parse_ldd(text: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
     let mut loader = None;
     let mut libraries = vec![];
     for line in text.lines().map(str::trim) {
@@ -148,6 +158,7 @@ fn write_replacing(to: &Path, bytes: &[u8], mode: u32) -> Result<(), InjectError
     std::fs::rename(&staged, to).map_err(err)
 }
 
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

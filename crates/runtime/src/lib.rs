@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod editor;
 pub mod engine;
 pub mod fake;
 pub mod images;

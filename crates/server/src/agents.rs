@@ -147,7 +147,7 @@ fn listen(run_root: &Path, id: WorkspaceId, state: AppState) -> std::io::Result<
     use std::os::unix::fs::PermissionsExt;
     let dir = run_root.join(id.to_string());
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
     let path = dir.join(contract::CONTROL_SOCKET);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -177,6 +177,7 @@ pub fn control_router(control: ControlState) -> Router {
         .route("/v1/state", post(report_state))
         .route("/v1/activity", post(report_activity))
         .route("/v1/workspace", axum::routing::get(describe_workspace))
+        .route("/v1/git-credential", axum::routing::get(git_credential))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(control)
 }
@@ -219,6 +220,44 @@ async fn describe_workspace(State(c): State<ControlState>) -> Response {
         Err(e) => {
             tracing::warn!(workspace = %c.workspace, error = %e, "cannot read a workspace for its agent");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CredentialQuery {
+    #[serde(default)]
+    protocol: String,
+    host: String,
+}
+
+/// git's credential question, from the agent: the workspace owner's token for that host.
+async fn git_credential(
+    State(c): State<ControlState>,
+    axum::extract::Query(q): axum::extract::Query<CredentialQuery>,
+) -> Response {
+    let not_found = |message: String| {
+        (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": {"code": "not_found", "message": message}})))
+            .into_response()
+    };
+    let host = match crate::api::git_host(&q.host) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let workspace = match c.state.store.workspace_get(c.workspace).await {
+        Ok(w) => w,
+        Err(_) => return not_found(format!("workspace {} is gone", c.workspace)),
+    };
+    match crate::secrets::git_token_for(c.state.store.as_ref(), &c.state.config.data_dir, workspace.owner, &host).await
+    {
+        Ok(Some((username, password))) => {
+            tracing::info!(workspace = %workspace.name, host = %host, protocol = %q.protocol, "git credential handed to the agent");
+            Json(serde_json::json!({ "username": username, "password": password })).into_response()
+        }
+        Ok(None) => not_found(format!("no Git token for {host}; store one with `cove git-token set {host}`")),
+        Err(e) => {
+            tracing::error!(workspace = %workspace.name, host = %host, error = %e, "cannot answer a git credential question");
+            e.into_response()
         }
     }
 }

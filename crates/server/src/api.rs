@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/users", post(create_user))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(delete_token))
+        .route("/api/v1/git-tokens", get(list_git_tokens))
+        .route("/api/v1/git-tokens/{host}", axum::routing::put(set_git_token).delete(delete_git_token))
         .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))
         .route("/api/v1/workspaces/{ws}", get(get_workspace).patch(patch_workspace).delete(delete_workspace))
         .route("/api/v1/workspaces/{ws}/exec", post(exec))
@@ -179,6 +181,76 @@ async fn create_token(
     };
     let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, expires_at).await?;
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
+}
+
+/// A Git host as git's credential protocol names it: a DNS name or address, with a port
+/// when it is not the protocol's default (`github.com`, `127.0.0.1:8080`). Lowercase.
+pub fn git_host(raw: &str) -> Result<String, ApiError> {
+    let host = raw.trim().to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !ok {
+        return Err(ApiError::InvalidRequest(format!(
+            "{raw:?} is not a Git host: give a host name or address, with :port if not the default (github.com, 127.0.0.1:8080)"
+        )));
+    }
+    Ok(host)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetGitToken {
+    token: String,
+    username: Option<String>,
+}
+
+async fn list_git_tokens(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tokens = state.store.git_token_list(user.id).await?;
+    let views: Vec<_> =
+        tokens.iter().map(|t| json!({ "host": t.host, "username": t.username, "created_at": t.created_at })).collect();
+    Ok(Json(json!(views)))
+}
+
+async fn set_git_token(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(host): Path<String>,
+    ApiJson(body): ApiJson<SetGitToken>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = git_host(&host)?;
+    let token = body.token.trim();
+    if token.is_empty() || token.len() > 4096 || token.contains(['\n', '\r', '\0']) {
+        return Err(ApiError::InvalidRequest("token must be 1-4096 characters on one line".into()));
+    }
+    // git's own convention for token-only hosts: any non-empty user name works.
+    let username = body.username.as_deref().map(str::trim).filter(|u| !u.is_empty()).unwrap_or("x-access-token");
+    if username.len() > 256 || username.contains(['\n', '\r', '\0']) {
+        return Err(ApiError::InvalidRequest("username must be at most 256 characters on one line".into()));
+    }
+    let vault = crate::secrets::Vault::load_or_create(&state.config.data_dir)
+        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    let sealed = vault.seal(user.id, &host, username, token)?;
+    let stored = state.store.git_token_set(sealed).await?;
+    Ok(Json(json!({ "host": stored.host, "username": stored.username, "created_at": stored.created_at })))
+}
+
+async fn delete_git_token(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(host): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let host = git_host(&host)?;
+    match state.store.git_token_delete(user.id, &host).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(cove_store::StoreError::NotFound) => {
+            Err(ApiError::NotFound(format!("no Git token for {host}; list yours with `cove git-token ls`")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn delete_token(

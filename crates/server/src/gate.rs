@@ -368,6 +368,12 @@ impl AppGate {
             headers,
             strip_authorization: matches!(identity, Identity::Bearer(_)),
             connect_patience: Duration::ZERO,
+            // An idle VS Code tab keeps sending keep-alives: only real traffic counts there.
+            websocket_activity: if target == Target::Editor {
+                cove_proxy::WebSocketActivity::code_server()
+            } else {
+                cove_proxy::WebSocketActivity::AnyData
+            },
         }))
     }
 

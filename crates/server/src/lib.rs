@@ -14,6 +14,7 @@ pub mod gate;
 pub mod handoff;
 pub mod openapi;
 pub mod pages;
+pub mod secrets;
 pub mod tickets;
 pub mod tunnel;
 pub mod views;
@@ -158,6 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
     }
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
+    secrets::Vault::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -229,6 +231,7 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
     let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
     let mut notes: Vec<String> = engine.note.iter().cloned().collect();
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
+    secrets::Vault::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -276,12 +279,7 @@ fn agent_injection(data_dir: &std::path::Path) -> anyhow::Result<cove_runtime::I
     let exe = std::env::current_exe().context("cannot find the cove binary to inject as the workspace agent")?;
     let agent_dir = cove_runtime::inject::prepare_agent_dir(data_dir, &exe)
         .context("cannot prepare the workspace agent for injection")?;
-    let editor_dir = data_dir.join("editor/current");
-    Ok(cove_runtime::Injection {
-        agent_dir,
-        run_root: run_root(data_dir),
-        editor_dir: editor_dir.is_dir().then_some(editor_dir),
-    })
+    Ok(cove_runtime::Injection { agent_dir, run_root: run_root(data_dir), editor_from: Some(data_dir.to_path_buf()) })
 }
 
 /// Where workspaces' run directories (the agents' sockets) live. Unix socket paths are

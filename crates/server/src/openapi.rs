@@ -15,6 +15,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
+    ("get", "/api/v1/git-tokens"),
+    ("put", "/api/v1/git-tokens/{host}"),
+    ("delete", "/api/v1/git-tokens/{host}"),
     ("get", "/api/v1/workspaces"),
     ("post", "/api/v1/workspaces"),
     ("get", "/api/v1/workspaces/{ws}"),
@@ -51,6 +54,15 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             ("Create an API token; the secret is shown once", Some("CreateToken"), "the token")
         }
         ("delete", "/api/v1/tokens/{id}") => ("Revoke an API token", None, "revoked"),
+        ("get", "/api/v1/git-tokens") => {
+            ("The caller's Git tokens: hosts, usernames, times (never tokens)", None, "git tokens")
+        }
+        ("put", "/api/v1/git-tokens/{host}") => (
+            "Store (encrypted) the caller's Git token for a host, for workspaces' git",
+            Some("SetGitToken"),
+            "the host",
+        ),
+        ("delete", "/api/v1/git-tokens/{host}") => ("Forget the caller's Git token for a host", None, "deleted"),
         ("get", "/api/v1/workspaces") => ("The caller's workspaces; `?all=true` for admins", None, "workspaces"),
         ("post", "/api/v1/workspaces") => {
             ("Create a workspace", Some("CreateWorkspace"), "the workspace, actual state CreationRequested")
@@ -120,6 +132,8 @@ pub fn document() -> Value {
             ]);
         } else if path.contains("{ws}") {
             op["parameters"] = json!([{ "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } }]);
+        } else if path.contains("{host}") {
+            op["parameters"] = json!([{ "name": "host", "in": "path", "required": true, "description": "host as git names it, with :port if not the default", "schema": { "type": "string" } }]);
         } else if path.contains("{id}") {
             op["parameters"] =
                 json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
@@ -154,6 +168,7 @@ pub fn document() -> Value {
                 "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
                     "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
                     "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_seconds": { "type": "integer" } } },
+                "SetGitToken": { "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": { "type": "string" }, "username": { "type": "string" } } },
                 "Share": { "type": "object", "required": ["share"], "properties": { "share": { "enum": ["owner", "authenticated", "public"] } } },
                 "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },
             }

@@ -82,7 +82,11 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, openapi::ROUTES.len());
     for (method, path) in openapi::ROUTES {
-        let concrete = path.replace("{ws}", "nope").replace("{id}", "nope").replace("{app}", "8080");
+        let concrete = path
+            .replace("{host}", "github.com")
+            .replace("{ws}", "nope")
+            .replace("{id}", "nope")
+            .replace("{app}", "8080");
         let (status, body) = api.call(&method.to_uppercase(), &concrete, None).await;
         let message = body["error"]["message"].as_str().unwrap_or("");
         assert!(
@@ -146,4 +150,46 @@ async fn patch_and_delete() {
     assert_eq!((s, v["desired_state"].as_str()), (StatusCode::ACCEPTED, Some("Terminated")));
     let (s, v) = api.call("PATCH", "/api/v1/workspaces/w", Some(json!({"desired_state": "Running"}))).await;
     assert!(s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND, "{s} {v}");
+}
+
+#[tokio::test]
+async fn git_tokens_are_stored_encrypted_and_never_listed() {
+    let api = api().await;
+    let secret = "ghp_TheTokenNobodyMaySee1234";
+    let (status, v) = api.call("PUT", "/api/v1/git-tokens/GitHub.com", Some(json!({"token": secret}))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!((v["host"].as_str(), v["username"].as_str()), (Some("github.com"), Some("x-access-token")));
+    let body = json!({"token": "t2", "username": "cove"});
+    assert_eq!(api.call("PUT", "/api/v1/git-tokens/127.0.0.1:8080", Some(body)).await.0, StatusCode::OK);
+
+    let (status, list) = api.call("GET", "/api/v1/git-tokens", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let hosts: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["127.0.0.1:8080", "github.com"]);
+    assert!(!list.to_string().contains(secret) && !list.to_string().contains("t2\""), "{list}");
+
+    // Not in the database files in clear.
+    for entry in std::fs::read_dir(api._dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the token is in a file in clear");
+    }
+    assert!(api._dir.path().join("secret.key").exists());
+
+    for (body, fragment) in [
+        (json!({"token": ""}), "token must be"),
+        (json!({"token": "a\nb"}), "token must be"),
+        (json!({"username": "x"}), ""),
+    ] {
+        let (status, v) = api.call("PUT", "/api/v1/git-tokens/github.com", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains(fragment), "{v}");
+    }
+    let (status, v) = api.call("PUT", "/api/v1/git-tokens/a%20b", Some(json!({"token": "x"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not a Git host"), "{v}");
+
+    assert_eq!(api.call("DELETE", "/api/v1/git-tokens/github.com", None).await.0, StatusCode::NO_CONTENT);
+    let (status, v) = api.call("DELETE", "/api/v1/git-tokens/github.com", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cove git-token ls"), "{v}");
 }

@@ -89,6 +89,17 @@ pub struct WorkspacePatch {
     pub idle_timeout_seconds: Option<u32>,
 }
 
+/// A user's Git token for one host, as stored: encrypted (the store never sees the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitToken {
+    pub user: UserId,
+    pub host: String,
+    pub username: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// This control plane's id, made on first use and kept; it labels every engine object.
@@ -164,4 +175,11 @@ pub trait Store: Send + Sync + 'static {
         workspace: WorkspaceId,
         outcome: std::result::Result<DateTime<Utc>, (String, Option<DateTime<Utc>>)>,
     ) -> Result<()>;
+    /// Stores (or replaces) a user's token for a host; `created_at` is set by the store.
+    async fn git_token_set(&self, token: GitToken) -> Result<GitToken>;
+    async fn git_token_get(&self, user: UserId, host: &str) -> Result<Option<GitToken>>;
+    /// A user's tokens, by host.
+    async fn git_token_list(&self, user: UserId) -> Result<Vec<GitToken>>;
+    /// `NotFound` if the user has none for that host.
+    async fn git_token_delete(&self, user: UserId, host: &str) -> Result<()>;
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteExecutor};
 
-use crate::{Handoff, NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
+use crate::{GitToken, Handoff, NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -453,6 +453,51 @@ impl Store for SqliteStore {
         query.bind(workspace.to_string()).execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn git_token_set(&self, token: GitToken) -> Result<GitToken> {
+        let created_at = now();
+        sqlx::query(
+            "INSERT INTO git_tokens (user_id, host, username, nonce, ciphertext, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user_id, host) DO UPDATE SET \
+             username = excluded.username, nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+             created_at = excluded.created_at",
+        )
+        .bind(token.user.to_string())
+        .bind(&token.host)
+        .bind(&token.username)
+        .bind(&token.nonce)
+        .bind(&token.ciphertext)
+        .bind(created_at.timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| insert_error(e, || format!("the Git token for {} cannot be stored", token.host)))?;
+        Ok(GitToken { created_at, ..token })
+    }
+
+    async fn git_token_get(&self, user: UserId, host: &str) -> Result<Option<GitToken>> {
+        let sql = format!("SELECT {GIT_TOKEN_COLUMNS} FROM git_tokens WHERE user_id = ? AND host = ?");
+        let row = sqlx::query(&sql).bind(user.to_string()).bind(host).fetch_optional(&self.pool).await?;
+        row.as_ref().map(git_token_from_row).transpose()
+    }
+
+    async fn git_token_list(&self, user: UserId) -> Result<Vec<GitToken>> {
+        let sql = format!("SELECT {GIT_TOKEN_COLUMNS} FROM git_tokens WHERE user_id = ? ORDER BY host");
+        let rows = sqlx::query(&sql).bind(user.to_string()).fetch_all(&self.pool).await?;
+        rows.iter().map(git_token_from_row).collect()
+    }
+
+    async fn git_token_delete(&self, user: UserId, host: &str) -> Result<()> {
+        let deleted = sqlx::query("DELETE FROM git_tokens WHERE user_id = ? AND host = ?")
+            .bind(user.to_string())
+            .bind(host)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
 }
 
 const HANDOFF_SELECT: &str = "SELECT workspace_id, notify_url, message, state, attempts, next_attempt_at, \
@@ -471,6 +516,19 @@ impl SqliteStore {
             delivered_at: optional_time(row, "delivered_at")?,
         })
     }
+}
+
+const GIT_TOKEN_COLUMNS: &str = "user_id, host, username, nonce, ciphertext, created_at";
+
+fn git_token_from_row(row: &SqliteRow) -> Result<GitToken> {
+    Ok(GitToken {
+        user: text(row, "user_id", str::parse)?,
+        host: row.try_get("host")?,
+        username: row.try_get("username")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+        created_at: time(row, "created_at")?,
+    })
 }
 
 /// The current time at the precision it is stored with, so that what a write returns

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use cove_core::{ActualState, DesiredState, Name, Resources, Role, ShareLevel, User, UserId, Workspace, WorkspaceId};
-use cove_store::{NewToken, NewUser, NewWorkspace, SqliteStore, Store, StoreError, WorkspacePatch};
+use cove_store::{GitToken, NewToken, NewUser, NewWorkspace, SqliteStore, Store, StoreError, WorkspacePatch};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tempfile::TempDir;
@@ -482,4 +482,33 @@ async fn app_shares_default_to_owner_and_go_with_the_workspace() {
     assert!(f.store.app_share_set(WorkspaceId::new_random(), "1", ShareLevel::Public).await.is_err());
     f.store.workspace_delete(ws.id).await.unwrap();
     assert_eq!(f.store.app_share_list(ws.id).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn git_tokens_per_user_and_host() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let bob = f.user("bob").await;
+    let token = |user: UserId, host: &str, secret: &[u8]| GitToken {
+        user,
+        host: host.into(),
+        username: "git".into(),
+        nonce: vec![7; 12],
+        ciphertext: secret.to_vec(),
+        created_at: Utc::now(),
+    };
+    let stored = f.store.git_token_set(token(ada.id, "github.com", b"one")).await.unwrap();
+    f.store.git_token_set(token(ada.id, "gitlab.com", b"two")).await.unwrap();
+    f.store.git_token_set(token(bob.id, "github.com", b"bob's")).await.unwrap();
+    assert_eq!(f.store.git_token_get(ada.id, "github.com").await.unwrap(), Some(stored.clone()));
+    // Setting again replaces.
+    let replaced = f.store.git_token_set(token(ada.id, "github.com", b"three")).await.unwrap();
+    let got = f.store.git_token_get(ada.id, "github.com").await.unwrap().unwrap();
+    assert_eq!((got.ciphertext.as_slice(), got.created_at), (&b"three"[..], replaced.created_at));
+    let hosts: Vec<String> = f.store.git_token_list(ada.id).await.unwrap().into_iter().map(|t| t.host).collect();
+    assert_eq!(hosts, ["github.com", "gitlab.com"]);
+    f.store.git_token_delete(ada.id, "github.com").await.unwrap();
+    assert_eq!(f.store.git_token_get(ada.id, "github.com").await.unwrap(), None);
+    assert!(matches!(f.store.git_token_delete(ada.id, "github.com").await, Err(StoreError::NotFound)));
+    assert_eq!(f.store.git_token_get(bob.id, "github.com").await.unwrap().unwrap().ciphertext, b"bob's");
 }

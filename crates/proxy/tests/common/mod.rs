@@ -195,6 +195,7 @@ pub struct TestGate {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub strip_authorization: bool,
     pub patience: Duration,
+    pub websocket_activity: cove_proxy::WebSocketActivity,
     pub activity: Mutex<Vec<ActivityKind>>,
     pub failed: Mutex<Vec<WorkspaceId>>,
     pub hosts: Mutex<Vec<AppHost>>,
@@ -213,6 +214,7 @@ impl TestGate {
             headers: Vec::new(),
             strip_authorization: false,
             patience: Duration::ZERO,
+            websocket_activity: cove_proxy::WebSocketActivity::AnyData,
             activity: Mutex::new(Vec::new()),
             failed: Mutex::new(Vec::new()),
             hosts: Mutex::new(Vec::new()),
@@ -237,6 +239,7 @@ impl Gate for TestGate {
             headers: self.headers.clone(),
             strip_authorization: self.strip_authorization,
             connect_patience: self.patience,
+            websocket_activity: self.websocket_activity,
         })
     }
 

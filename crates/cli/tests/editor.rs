@@ -1,0 +1,131 @@
+//! The editor end to end: `cove editor install` on a running server's data directory, a
+//! workspace of the Debian base image (no Node.js in it) made afterwards, code-server run by
+//! the agent answering on its socket in the run directory (VS Code's page, a WebSocket
+//! upgrade), and a killed code-server brought back by the agent.
+//!
+//! The npm install is cached by version in `COVE_EDITOR_CACHE` (scripts/test sets
+//! /var/cache/cove-test/editor), so only the first run on a machine downloads.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// One HTTP/1.1 exchange on a unix socket: the response head and body as text. `None` when
+/// the socket does not answer (yet).
+fn exchange(socket: &Path, request: &str) -> Option<String> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // An upgrade keeps the connection open: the head is all we want.
+                if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+fn get(socket: &Path, path: &str) -> Option<String> {
+    exchange(socket, &format!("GET {path} HTTP/1.1\r\nHost: code--ed--admin.localhost\r\nConnection: close\r\n\r\n"))
+}
+
+/// The agent's health answer, through its socket with this start's secret.
+fn agent_health(run_dir: &Path) -> Option<Value> {
+    let secret = std::fs::read_to_string(run_dir.join("secret")).ok()?;
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: agent\r\nx-cove-agent-secret: {}\r\nConnection: close\r\n\r\n",
+        secret.trim()
+    );
+    let response = exchange(&run_dir.join("agent.sock"), &request)?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    // A chunked body: the JSON is the one line that parses.
+    body.lines().find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// VS Code's workbench page, following code-server's redirect to the folder it opens (the
+/// browser's workbench reads the folder from its address): (where it sent us, the page).
+fn workbench(socket: &Path) -> Option<(String, String)> {
+    let response = get(socket, "/")?;
+    if !response.starts_with("HTTP/1.1 302") {
+        return None;
+    }
+    let location =
+        response.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))?;
+    let location = location.trim().trim_start_matches('.');
+    let location = if location.starts_with('/') { location.to_string() } else { format!("/{location}") };
+    let page = get(socket, &location)?;
+    (page.starts_with("HTTP/1.1 200") && page.contains("vscode-workbench-web-configuration"))
+        .then_some((location, page))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("COVE_EDITOR_CACHE").map_or_else(|| PathBuf::from("/var/cache/cove-test/editor"), PathBuf::from)
+}
+
+#[test]
+fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
+    let server = TestServer::start();
+    // Installed while the server runs: the next workspace made must get it.
+    let out = Command::new(COVE)
+        .args(["editor", "install", "--data-dir"])
+        .arg(&server.data_dir)
+        .arg("--cache")
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cove editor install failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("code-server 4.100.3"), "{out:?}");
+
+    let image = Engine::base_image(&server.endpoint);
+    server.ok(&["create", "ed", "--image", &image, "--memory", "2g", "--cpus", "2"]);
+    // The image has no Node.js: what runs is the mounted one.
+    assert!(!server.cove(&["exec", "ed", "--", "sh", "-c", "command -v node"]).status.success());
+    let run_dir = server.data_dir.join("run").join(server.workspace_id("ed").to_string());
+    let socket = run_dir.join("user/code.sock");
+
+    let (location, page) = poll("VS Code's page on code-server's socket", WAIT, || workbench(&socket));
+    assert_eq!(location, "/?folder=/home/cove/project", "not sent to the project folder");
+    assert!(page.contains("/home/cove/.local/share/code-server"), "user data not under the home:\n{page}");
+
+    let upgrade = "GET /?reconnectionToken=cove-test&reconnection=false&skipWebSocketFrames=false HTTP/1.1\r\n\
+         Host: code--ed--admin.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let answer = exchange(&socket, upgrade).expect("no answer to the WebSocket upgrade");
+    assert!(answer.starts_with("HTTP/1.1 101"), "the upgrade was refused:\n{answer}");
+    assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "wrong Sec-WebSocket-Accept:\n{answer}");
+
+    // Kill code-server (as the workspace user, whose process it is): the agent restarts it.
+    let health = poll("the agent's health", WAIT, || agent_health(&run_dir));
+    let editor = &health["editor"];
+    assert_eq!(editor["state"], "running", "{health}");
+    let pid = editor["pid"].as_u64().unwrap();
+    server.ok(&["exec", "ed", "--", "kill", "-9", &pid.to_string()]);
+    let health = poll("the agent to restart code-server", WAIT, || {
+        agent_health(&run_dir)
+            .filter(|h| h["editor"]["restarts"].as_u64() >= Some(1) && h["editor"]["state"] == "running")
+    });
+    assert_ne!(health["editor"]["pid"].as_u64(), Some(pid), "{health}");
+    poll("VS Code's page after the restart", WAIT, || workbench(&socket));
+    let logs = server.ok(&["logs", "ed"]);
+    assert!(logs.contains("cove agent: editor: code-server ended"), "{logs}");
+}
