@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod config;
+mod devcontainer;
 mod output;
 mod wait;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Build workspace images without a registry.
     #[command(subcommand)]
     Image(commands::ImageCommand),
+    /// Read a project's devcontainer.json as Cove understands it (local, no server).
+    #[command(subcommand)]
+    Devcontainer(devcontainer::DevcontainerCommand),
     /// Run as a workspace's agent (Cove starts this inside every workspace).
     #[command(hide = true)]
     Agent,
@@ -185,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
+        Command::Devcontainer(c) => devcontainer::run(c),
         Command::Agent => agent().await.map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
