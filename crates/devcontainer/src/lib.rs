@@ -4,6 +4,15 @@
 //!
 //! No network and no container engine. Only [`load`] touches the file system; everything
 //! else takes strings (and, for features, a read function) so it can be tested and fuzzed.
+//!
+//! Where Cove differs from the reference `devcontainer read-configuration`, on purpose:
+//! * `${devcontainerId}` is substituted (with the reference's algorithm) in the first pass;
+//!   the reference leaves it for `up`. Cove knows the id before it creates anything.
+//! * No git-root workspace mount: the default mount is the folder given, as with the
+//!   reference's `--mount-workspace-git-root false`.
+//! * Object keys sort alphabetically in the printed JSON (serde_json's map); values match.
+//! * `image` together with `build`, or a `.devcontainer/<folder>/` layout with several
+//!   candidates, is an error here rather than a silent pick.
 
 #![forbid(unsafe_code)]
 
