@@ -592,3 +592,127 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+impl HostRequirements {
+    /// The resources to give the workspace: what the configuration asks for, the instance's
+    /// defaults for the rest. The policy check refuses requests above the maximum first.
+    pub fn resources(&self, defaults: cove_core::Resources) -> cove_core::Resources {
+        cove_core::Resources {
+            cpus_milli: self.cpus.map_or(defaults.cpus_milli, |c| c.saturating_mul(1000)),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            disk_bytes: self.storage_bytes.or(defaults.disk_bytes),
+        }
+    }
+}
+
+impl Command {
+    /// What to run: one `(name, argv)` per process (a name only for the object form, whose
+    /// processes run in parallel). A string runs under `/bin/sh -c`, as the spec says.
+    pub fn processes(&self) -> Vec<(Option<&str>, Vec<String>)> {
+        match self {
+            Command::Shell(s) => vec![(None, vec!["/bin/sh".into(), "-c".into(), s.clone()])],
+            Command::Exec(argv) => vec![(None, argv.clone())],
+            Command::Parallel(named) => named
+                .iter()
+                .flat_map(|(name, c)| c.processes().into_iter().map(move |(_, argv)| (Some(name.as_str()), argv)))
+                .collect(),
+        }
+    }
+}
+
+impl DevContainer {
+    /// The attributes for `port`: an exact `portsAttributes` key, else a range key
+    /// (`"5000-5010"`), else `otherPortsAttributes`. (Regular-expression keys, which the
+    /// spec also allows, match only as written.)
+    pub fn port_attributes(&self, port: u16) -> Option<&PortAttributes> {
+        let exact = self.ports_attributes.get(&port.to_string());
+        let ranged = || {
+            self.ports_attributes.iter().find_map(|(key, attrs)| {
+                let (lo, hi) = key.split_once('-')?;
+                let (lo, hi) = (lo.trim().parse::<u16>().ok()?, hi.trim().parse::<u16>().ok()?);
+                (lo..=hi).contains(&port).then_some(attrs)
+            })
+        };
+        exact.or_else(ranged).or(self.other_ports_attributes.as_ref())
+    }
+
+    /// `remoteEnv` once the container runs: `${containerEnv:VAR}` filled from its
+    /// environment (the only place the spec allows that variable).
+    pub fn remote_env_with(
+        &self,
+        container_env: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, Option<String>>, Error> {
+        self.remote_env
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Some(v) => Some(crate::vars::substitute_container_env(v, container_env).map_err(|missing| {
+                        Error::Invalid {
+                            file: self.config_file.clone(),
+                            property: format!("remoteEnv.{k}"),
+                            message: format!("{} names no variable; write ${{containerEnv:NAME}}", missing.0),
+                        }
+                    })?),
+                    None => None,
+                };
+                Ok((k.clone(), v))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn model(v: Value) -> DevContainer {
+        let Value::Object(m) = v else { panic!("not an object") };
+        from_value(m, Path::new("/p/.devcontainer/devcontainer.json")).unwrap()
+    }
+
+    #[test]
+    fn port_attributes_exact_then_range_then_other() {
+        let dc =
+            model(json!({"image": "x", "portsAttributes": {"3000": {"label": "web"}, "5000-5010": {"label": "range"}},
+            "otherPortsAttributes": {"label": "other"}}));
+        let label = |p| dc.port_attributes(p).and_then(|a| a.label.clone());
+        assert_eq!(label(3000).as_deref(), Some("web"));
+        assert_eq!(label(5005).as_deref(), Some("range"));
+        assert_eq!(label(5011).as_deref(), Some("other"));
+        let bare = model(json!({"image": "x"}));
+        assert_eq!(bare.port_attributes(1), None);
+    }
+
+    #[test]
+    fn processes_of_the_three_forms() {
+        let dc = model(json!({"image": "x", "onCreateCommand": "make", "postCreateCommand": ["a", "b"],
+            "postStartCommand": {"s": "x y", "t": ["z"]}}));
+        assert_eq!(
+            dc.lifecycle.on_create.unwrap().processes(),
+            [(None, vec!["/bin/sh".into(), "-c".into(), "make".into()])]
+        );
+        assert_eq!(dc.lifecycle.post_create.unwrap().processes(), [(None, vec!["a".to_string(), "b".into()])]);
+        assert_eq!(
+            dc.lifecycle.post_start.unwrap().processes(),
+            [(Some("s"), vec!["/bin/sh".to_string(), "-c".into(), "x y".into()]), (Some("t"), vec!["z".to_string()])]
+        );
+    }
+
+    #[test]
+    fn remote_env_gets_container_env_later() {
+        let dc = model(json!({"image": "x", "remoteEnv": {"PATH": "${containerEnv:PATH}:/x", "GONE": null}}));
+        let env = BTreeMap::from([("PATH".to_string(), "/bin".to_string())]);
+        let got = dc.remote_env_with(&env).unwrap();
+        assert_eq!(got["PATH"].as_deref(), Some("/bin:/x"));
+        assert_eq!(got["GONE"], None);
+    }
+
+    #[test]
+    fn host_requirements_become_resources() {
+        let dc = model(json!({"image": "x", "hostRequirements": {"cpus": 4, "memory": "8gb"}}));
+        let r = dc.host_requirements.resources(cove_core::Resources::default());
+        assert_eq!((r.cpus_milli, r.memory_bytes, r.disk_bytes), (4000, 8 << 30, None));
+    }
+}

@@ -121,6 +121,47 @@ pub fn check(config: &DevContainer, local_folder: &str, policy: &Policy) -> Resu
     }
 }
 
+/// What local features ask for in their devcontainer-feature.json (`privileged`, `capAdd`,
+/// `securityOpt`, `mounts`) goes through the same rules as the configuration's own.
+pub fn check_features(features: &[crate::Feature], policy: &Policy) -> Result<(), Error> {
+    use serde_json::Value;
+    let mut out = vec![];
+    for f in features {
+        let at = |what: &str| format!("features[\"{}\"].{what}", f.reference);
+        let strings = |key: &str| -> Vec<String> {
+            match f.metadata.get(key) {
+                Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                _ => vec![],
+            }
+        };
+        if f.metadata.get("privileged") == Some(&Value::Bool(true)) && !policy.allow_privileged {
+            out.push(Refusal { property: at("privileged"), message: format!("is not allowed here; {PRIVILEGED}") });
+        }
+        for cap in strings("capAdd") {
+            out.extend(cap_refusal(&cap, policy).map(|message| Refusal { property: at("capAdd"), message }));
+        }
+        for opt in strings("securityOpt") {
+            out.extend(
+                security_opt_refusal(&opt, policy).map(|message| Refusal { property: at("securityOpt"), message }),
+            );
+        }
+        if let Some(Value::Array(mounts)) = f.metadata.get("mounts") {
+            for (i, m) in mounts.iter().enumerate() {
+                let message = match crate::model::read_mount(m) {
+                    Ok(m) => mount_refusal(&m, policy),
+                    Err(e) => Some(e),
+                };
+                out.extend(message.map(|message| Refusal { property: at(&format!("mounts[{i}]")), message }));
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Refused { refusals: out })
+    }
+}
+
 fn cap_name(cap: &str) -> String {
     let upper = cap.trim().to_ascii_uppercase();
     upper.strip_prefix("CAP_").map(String::from).unwrap_or(upper)
@@ -141,7 +182,7 @@ fn security_opt_refusal(opt: &str, policy: &Policy) -> Option<String> {
     {
         return None;
     }
-    Some(format!("`{opt}` weakens the container's confinement; only no-new-privileges is allowed, anything else needs privileged workspaces: {PRIVILEGED}"))
+    Some(format!("`{opt}` weakens the container's confinement; only no-new-privileges is allowed unless the admin allows privileged workspaces (allow_privileged)"))
 }
 
 fn mount_refusal(mount: &Mount, policy: &Policy) -> Option<String> {

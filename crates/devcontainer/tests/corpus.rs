@@ -65,12 +65,16 @@ fn run_case(real: &Path, name: &str) -> String {
     out += &format!("\n== devcontainerId\n{}\n== model (raw omitted)\n{model:#?}", resolved.devcontainer_id);
     out += "\n== features (install order)\n";
     let read = |p: &Path| std::fs::read_to_string(real.join(p.strip_prefix(&virt).unwrap_or(p)));
-    match features::resolve(&resolved.config, &read) {
-        Ok(f) => out += &serde_json::to_string_pretty(&cove_devcontainer::features_json(&f)).unwrap(),
+    let features = features::resolve(&resolved.config, &read);
+    match &features {
+        Ok(f) => out += &serde_json::to_string_pretty(&cove_devcontainer::features_json(f)).unwrap(),
         Err(e) => out += &format!("error: {e}"),
     }
     out += "\n== policy\n";
-    match policy::check(&resolved.config, &virt.display().to_string(), &policy_from(&case)) {
+    let policy = policy_from(&case);
+    let verdict = policy::check(&resolved.config, &virt.display().to_string(), &policy)
+        .and_then(|()| policy::check_features(features.as_deref().unwrap_or_default(), &policy));
+    match verdict {
         Ok(()) => out += "allowed",
         Err(cove_devcontainer::Error::Refused { refusals }) => {
             for r in refusals {
