@@ -11,6 +11,11 @@
 //! * No git-root workspace mount: the default mount is the folder given, as with the
 //!   reference's `--mount-workspace-git-root false`.
 //! * Object keys sort alphabetically in the printed JSON (serde_json's map); values match.
+//! * Malformed JSONC is an error with file, line and column; the reference's parser
+//!   recovers silently (a missing comma, an unclosed object) and goes on with a guess.
+//! * `${containerEnv:VAR}` stays as written in the printed configuration (as in the
+//!   reference); [`DevContainer::remote_env_with`] fills it in `remoteEnv` once the
+//!   container runs.
 //! * `image` together with `build`, or a `.devcontainer/<folder>/` layout with several
 //!   candidates, is an error here rather than a silent pick.
 
