@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config;
 mod git_token;
+mod devcontainer;
 mod output;
 mod push;
 mod ssh;
@@ -44,6 +45,9 @@ enum Command {
     /// Install the editor (code-server) that workspaces get at /.cove/editor.
     #[command(subcommand)]
     Editor(EditorCommand),
+    /// Read a project's devcontainer.json as Cove understands it (local, no server).
+    #[command(subcommand)]
+    Devcontainer(devcontainer::DevcontainerCommand),
     /// Run as a workspace's agent (Cove starts this inside every workspace).
     #[command(hide = true)]
     Agent {
@@ -238,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
             cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Devcontainer(c) => devcontainer::run(c),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cove", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
