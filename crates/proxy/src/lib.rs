@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod affinity;
 mod gate;
 mod host;
 mod metrics;
