@@ -5,8 +5,8 @@
 mod client;
 mod commands;
 mod config;
-mod git_token;
 mod devcontainer;
+mod git_token;
 mod output;
 mod push;
 mod ssh;

@@ -44,13 +44,13 @@ pub struct AppHost {
 /// are case-insensitive (RFC 4343), and a trailing dot (the fully qualified form) is accepted.
 pub fn parse_host(host: &str, apps_domain: &str) -> Option<AppHost> {
     let lowered = host.to_ascii_lowercase();
-    let domain = apps_domain.trim_matches('.').to_ascii_lowercase();
+    let domain = apps_domain.trim_matches('.');
     if domain.is_empty() {
         return None;
     }
     let name = without_port(&lowered)?;
     let name = name.strip_suffix('.').unwrap_or(name);
-    let label = name.strip_suffix(domain.as_str())?.strip_suffix('.')?;
+    let label = strip_suffix_ignore_case(name, domain)?.strip_suffix('.')?;
     if label.contains('.') {
         return None;
     }
@@ -65,6 +65,20 @@ pub fn parse_host(host: &str, apps_domain: &str) -> Option<AppHost> {
         owner: Name::parse(owner).ok()?,
         host: lowered,
     })
+}
+
+/// `name` without `suffix`, compared ASCII-case-insensitively (without lowercasing the
+/// domain into a new string on every request).
+fn strip_suffix_ignore_case<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let start = name.len().checked_sub(suffix.len())?;
+    let matches = name.as_bytes()[start..].eq_ignore_ascii_case(suffix.as_bytes());
+    // A byte-wise match of an ASCII-insensitive compare ends on a character boundary, but
+    // `get` checks rather than trusts that.
+    if matches {
+        name.get(..start)
+    } else {
+        None
+    }
 }
 
 /// The host name without a `:port`; `None` if what follows the last colon is not a port.

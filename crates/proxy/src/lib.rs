@@ -13,8 +13,9 @@
 //!    names the upstream (a TCP address or a UNIX socket), or answers the request itself ([`Verdict::Respond`]);
 //! 3. **rewrite** — hop-by-hop headers out, `X-Forwarded-*` in, Cove's own cookie and
 //!    credentials removed (`rewrite`);
-//! 4. **forward** — wait for the upstream if it may still be starting, send over a pooled
-//!    HTTP/1.1 connection, stream both bodies, join WebSocket upgrades (`proxy`, `tunnel`);
+//! 4. **forward** — wait for the upstream if it may still be starting, send over an HTTP/1.1
+//!    connection (the client connection's own, `affinity`, or a pooled one), stream both
+//!    bodies, join WebSocket upgrades (`proxy`, `tunnel`);
 //! 5. **account** — activity for idle detection ([`Gate::activity`]) and per-workspace
 //!    [`Metrics`], counted while bodies stream and recorded when the response ends.
 //!
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod affinity;
 mod gate;
 mod host;
 mod metrics;

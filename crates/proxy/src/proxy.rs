@@ -12,20 +12,21 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::CONTENT_TYPE;
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::account::{AccountedBody, Exchange, RequestTally, TalliedBody};
+use crate::affinity::Affinity;
 use crate::gate::{ActivityKind, Admitted, Gate, Verdict};
-use crate::host::{request_host, AppHost};
+use crate::host::AppHost;
 use crate::metrics::Metrics;
 use crate::rewrite::{self, Forwarding};
 use crate::tunnel;
-use crate::upstream::{Connector, Upstream};
+use crate::upstream::{self, Connector, Upstream};
 
 /// How often a refused connection is retried while the upstream may still be starting.
 const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -51,6 +52,8 @@ pub struct Config {
 /// shared by all requests, and the metrics.
 pub struct Proxy {
     config: Config,
+    /// `config.forwarded_proto` as a header value, made once.
+    forwarded_proto: HeaderValue,
     gate: Arc<dyn Gate>,
     metrics: Arc<Metrics>,
     client: Client<Connector, Body>,
@@ -64,7 +67,7 @@ enum ForwardError {
     Unreachable(#[source] Box<dyn StdError + Send + Sync>),
     /// The client's request body broke off while it was being sent upstream.
     #[error("the client broke off its request")]
-    Client(#[source] hyper_util::client::legacy::Error),
+    Client(#[source] Box<dyn StdError + Send + Sync>),
     /// The app accepted the connection but did not answer properly.
     #[error("the app did not answer properly")]
     Upstream(#[source] Box<dyn StdError + Send + Sync>),
@@ -83,7 +86,9 @@ impl Proxy {
             // The rewrite always sets Host to what the client sent, never to the upstream address.
             .set_host(false)
             .build(connector);
-        Self { config, gate, metrics, client }
+        let forwarded_proto =
+            HeaderValue::from_str(&config.forwarded_proto).unwrap_or_else(|_| HeaderValue::from_static("http"));
+        Self { config, forwarded_proto, gate, metrics, client }
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -92,6 +97,19 @@ impl Proxy {
 
     /// One request to an app host, end to end. Never fails: errors become 4xx/5xx responses.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, host: AppHost) -> Response<Body> {
+        self.handle_on(request, peer, &rewrite::forwarded_for(peer.ip()), host, None).await
+    }
+
+    /// [`Proxy::handle`] for a request that came on an HTTP/1.1 client connection with
+    /// upstream connections of its own (see `affinity`).
+    pub(crate) async fn handle_on(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        forwarded_for: &HeaderValue,
+        host: AppHost,
+        affinity: Option<&Affinity>,
+    ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
             // A tunnel to wherever the client likes is not an app request; apps get plain HTTP
@@ -112,14 +130,20 @@ impl Proxy {
         // The handle to the client's side of an upgrade lives in the request's extensions,
         // which do not travel upstream.
         let client_upgrade = if websocket { parts.extensions.remove::<OnUpgrade>() } else { None };
-        let sent_host = request_host(&parts.uri, &parts.headers).unwrap_or(&host.host).to_string();
         let body = Body::new(TalliedBody::new(body, tally.clone()));
-        let request = admitted.upstream.authority().and_then(|upstream| {
+        // An upgraded connection outlives the client connection's HTTP phase, and HTTP/2
+        // streams run in tasks of their own: those go through the shared pool.
+        let affinity = affinity.filter(|_| !websocket && version_is_http1(parts.version));
+        let upstream = match affinity {
+            Some(_) => Ok(None),
+            None => admitted.upstream.authority().map(Some),
+        };
+        let request = upstream.and_then(|upstream| {
             let forwarding = Forwarding {
                 upstream,
-                peer: peer.ip(),
-                host: &sent_host,
-                proto: &self.config.forwarded_proto,
+                peer: forwarded_for,
+                host: &host.host,
+                proto: &self.forwarded_proto,
                 strip_authorization: admitted.strip_authorization,
                 websocket,
                 headers: &admitted.headers,
@@ -127,7 +151,7 @@ impl Proxy {
             rewrite::upstream_request(parts, body, &forwarding)
         });
         let outcome = match request {
-            Ok(request) => self.forward(request, &admitted, &tally).await,
+            Ok(request) => self.forward(request, &admitted, &tally, affinity).await,
             Err(error) => Err(ForwardError::Proxy(error)),
         };
         let exchange = Exchange {
@@ -155,19 +179,21 @@ impl Proxy {
         request: Request<Body>,
         admitted: &Admitted,
         tally: &RequestTally,
+        affinity: Option<&Affinity>,
     ) -> Result<Response<Incoming>, ForwardError> {
         if !admitted.connect_patience.is_zero() {
             await_listener(&admitted.upstream, admitted.connect_patience)
                 .await
                 .map_err(|error| ForwardError::Unreachable(error.into()))?;
         }
+        if let Some(affinity) = affinity {
+            return forward_on(request, &admitted.upstream, tally, affinity).await;
+        }
         self.client.request(request).await.map_err(|error| {
             if error.is_connect() {
                 ForwardError::Unreachable(error.into())
-            } else if tally.failed() {
-                ForwardError::Client(error)
             } else {
-                ForwardError::Upstream(error.into())
+                exchange_error(error.into(), tally)
             }
         })
     }
@@ -234,6 +260,63 @@ impl Proxy {
         let response = text_response(status, message);
         response.map(|body| Body::new(AccountedBody::new(body, exchange)))
     }
+}
+
+/// Sends a request over the client connection's own upstream connection: the kept one if it
+/// is still open, else a new one, which the client connection's task then drives.
+async fn forward_on(
+    mut request: Request<Body>,
+    upstream: &Upstream,
+    tally: &RequestTally,
+    affinity: &Affinity,
+) -> Result<Response<Incoming>, ForwardError> {
+    if let Some(mut sender) = affinity.take(upstream) {
+        // The last response has ended (HTTP/1.1 clients wait for it), so this returns as soon
+        // as the connection has noticed; or an error if the app closed it meanwhile.
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    affinity.keep(upstream.clone(), sender);
+                    return Ok(response);
+                }
+                // The app closed the idle connection before the request went out: nothing was
+                // sent, so it is safe to send on a new one.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(exchange_error(error.into_error().into(), tally)),
+                },
+            }
+        }
+    }
+    let connection = upstream::connect_with_timeout(upstream, CONNECT_TIMEOUT)
+        .await
+        .map_err(|error| ForwardError::Unreachable(error.into()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(connection))
+        .await
+        .map_err(|error| ForwardError::Upstream(error.into()))?;
+    affinity.adopt(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(origin = "upstream", %error, "upstream connection ended with an error");
+        }
+    });
+    let response = sender.send_request(request).await.map_err(|error| exchange_error(error.into(), tally))?;
+    affinity.keep(upstream.clone(), sender);
+    Ok(response)
+}
+
+/// An exchange failed after the connection was made: the client's doing if its request body
+/// broke off, else the app's.
+fn exchange_error(error: Box<dyn StdError + Send + Sync>, tally: &RequestTally) -> ForwardError {
+    if tally.failed() {
+        ForwardError::Client(error)
+    } else {
+        ForwardError::Upstream(error)
+    }
+}
+
+fn version_is_http1(version: Version) -> bool {
+    version == Version::HTTP_11 || version == Version::HTTP_10
 }
 
 fn text_response(status: StatusCode, message: String) -> Response<Body> {

@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use axum::body::Body;
 use http::header::{AUTHORIZATION, CONNECTION, COOKIE, EXPECT, HOST, UPGRADE, USER_AGENT};
 use http::request::Parts;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
 
+use crate::host::request_host;
 use crate::APP_COOKIE;
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
@@ -38,13 +39,15 @@ const PROBE_AGENTS: [&str; 3] = ["kube-probe/", "prometheus/", "cove-probe"];
 
 /// What the rewrite needs to know about one exchange.
 pub(crate) struct Forwarding<'a> {
-    /// The upstream's authority in the pooled client (see `Upstream::authority`).
-    pub upstream: Authority,
-    pub peer: IpAddr,
-    /// The host as the client sent it.
+    /// The upstream's authority, for the pooled client (see `Upstream::authority`); `None`
+    /// for a request sent on a connection of its own, which takes the origin form.
+    pub upstream: Option<Authority>,
+    /// The address that connected to us, as the value of `X-Forwarded-For`.
+    pub peer: &'a HeaderValue,
+    /// The host the request is for, should the client have sent none (HTTP/1.0).
     pub host: &'a str,
-    /// The scheme the client used.
-    pub proto: &'a str,
+    /// The scheme the client used, as the value of `X-Forwarded-Proto`.
+    pub proto: &'a HeaderValue,
     pub strip_authorization: bool,
     /// The request is a WebSocket upgrade that must reach the app as one.
     pub websocket: bool,
@@ -97,16 +100,26 @@ pub(crate) fn upstream_request(
     if forwarding.strip_authorization {
         headers.remove(AUTHORIZATION);
     }
-    set_forwarded(&mut headers, forwarding)?;
-    // For HTTP/2 clients this turns `:authority` into Host; for HTTP/1.1 it restores the
-    // original value (case and all), which the app may use to build links.
-    headers.insert(HOST, HeaderValue::from_str(forwarding.host)?);
+    // The Host as the client sent it (case and all: the app may use it to build links). For
+    // HTTP/2 clients, and absolute-form targets, that is the URI's authority.
+    let host = match (parts.uri.authority(), headers.get(HOST)) {
+        (None, Some(host)) => host.clone(),
+        _ => HeaderValue::from_str(request_host(&parts.uri, &headers).unwrap_or(forwarding.host))?,
+    };
+    set_forwarded(&mut headers, forwarding, &host)?;
+    headers.insert(HOST, host);
     for (name, value) in forwarding.headers {
         headers.insert(name, value.clone());
     }
 
-    let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
-    let uri = Uri::builder().scheme("http").authority(forwarding.upstream.clone()).path_and_query(target).build()?;
+    let target = match parts.uri.path_and_query() {
+        Some(target) => target.clone(),
+        None => PathAndQuery::from_static("/"),
+    };
+    let uri = match &forwarding.upstream {
+        Some(authority) => Uri::builder().scheme("http").authority(authority.clone()).path_and_query(target).build()?,
+        None => Uri::from(target),
+    };
     let mut request = Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
@@ -145,6 +158,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name is cheaper than a lookup of each of the
+    // nine (and they are looked up on every request and every response).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too; read the names before Connection goes.
     let listed: Vec<HeaderName> =
         connection_tokens(headers).filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()).collect();
@@ -187,16 +205,26 @@ fn cookie_name(pair: &[u8]) -> &[u8] {
     name.trim_ascii()
 }
 
-fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) -> Result<(), http::Error> {
+fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: &HeaderValue) -> Result<(), http::Error> {
     // Keep the chain of proxies in front of us; we add the address that connected to us.
-    let peer = forwarding.peer.to_canonical();
     let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
-    let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
-    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&chain)?);
+    let chain = if prior.is_empty() {
+        forwarding.peer.clone()
+    } else {
+        let peer = forwarding.peer.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer}", prior.join(", ")))?
+    };
+    headers.insert(X_FORWARDED_FOR, chain);
     // Host and scheme are what this edge saw, whatever the client claims.
-    headers.insert(X_FORWARDED_HOST, HeaderValue::from_str(forwarding.host)?);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_str(forwarding.proto)?);
+    headers.insert(X_FORWARDED_HOST, host.clone());
+    headers.insert(X_FORWARDED_PROTO, forwarding.proto.clone());
     Ok(())
+}
+
+/// The value of `X-Forwarded-For` for a client at `peer` (IPv4-mapped IPv6 addresses as IPv4).
+pub(crate) fn forwarded_for(peer: IpAddr) -> HeaderValue {
+    // An IP address in text form is always a valid header value.
+    HeaderValue::from_str(&peer.to_canonical().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

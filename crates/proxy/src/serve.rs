@@ -21,8 +21,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::affinity::{self, Affinity};
 use crate::host::{parse_host, request_host};
 use crate::proxy::Proxy;
+use crate::rewrite;
 
 /// A client gets this long to send its request headers (slow-loris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,26 +72,40 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(origin = "client", %peer, %error, "cannot set TCP_NODELAY");
     }
+    let affinity = Affinity::default();
+    let client = Client { peer, forwarded_for: rewrite::forwarded_for(peer.ip()), affinity: affinity.clone() };
+    let client = Arc::new(client);
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
         let fallback = fallback.clone();
-        async move { Ok::<_, Infallible>(route(request, peer, &proxy, fallback).await) }
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(route(request, &client, &proxy, fallback).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(error) = affinity::drive(affinity, connection).await {
         // Clients hang up mid-request all the time; that is not worth more than debug.
         tracing::debug!(origin = "client", %peer, %error, "connection ended with an error");
     }
 }
 
 /// Sends one request to the proxy or to the router, by its host.
-async fn route(request: Request<Incoming>, peer: SocketAddr, proxy: &Proxy, fallback: Router) -> Response<Body> {
+/// What the requests of one client connection share.
+struct Client {
+    peer: SocketAddr,
+    /// `peer` as the value of `X-Forwarded-For`, formatted once per connection.
+    forwarded_for: http::HeaderValue,
+    affinity: Affinity,
+}
+
+async fn route(request: Request<Incoming>, client: &Client, proxy: &Proxy, fallback: Router) -> Response<Body> {
+    let peer = client.peer;
     let app_host =
         request_host(request.uri(), request.headers()).and_then(|host| parse_host(host, &proxy.config().apps_domain));
     match app_host {
-        Some(host) => proxy.handle(request, peer, host).await,
+        Some(host) => proxy.handle_on(request, peer, &client.forwarded_for, host, Some(&client.affinity)).await,
         None => {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));

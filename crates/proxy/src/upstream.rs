@@ -96,6 +96,14 @@ fn nibble(digit: u8) -> Option<u8> {
     }
 }
 
+/// Connects to `upstream`, giving up after `timeout`.
+pub(crate) async fn connect_with_timeout(upstream: &Upstream, timeout: Duration) -> io::Result<UpstreamStream> {
+    match tokio::time::timeout(timeout, connect(upstream)).await {
+        Ok(connected) => connected,
+        Err(_elapsed) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
 async fn connect(upstream: &Upstream) -> io::Result<UpstreamStream> {
     match upstream {
         Upstream::Tcp(addr) => {
@@ -129,10 +137,7 @@ impl tower::Service<Uri> for Connector {
             let upstream = Upstream::from_uri(&uri).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("no upstream in the request URI {uri}"))
             })?;
-            match tokio::time::timeout(timeout, connect(&upstream)).await {
-                Ok(connected) => connected.map(TokioIo::new),
-                Err(_elapsed) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            }
+            connect_with_timeout(&upstream, timeout).await.map(TokioIo::new)
         })
     }
 }

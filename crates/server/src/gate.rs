@@ -2,6 +2,7 @@
 //! names, who is asking, whether they may, whether the workspace must be woken first, and
 //! where its container is. Stages: resolve -> authenticate -> authorize -> wake -> locate.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::agent;
-use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, User, UserId, Workspace, WorkspaceId};
+use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, UserId, Workspace, WorkspaceId};
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
 use serde_json::json;
@@ -62,8 +63,9 @@ pub async fn lookup(store: &dyn Store, owner: &Name, workspace: &Name) -> Result
     }
 }
 
-/// (owner, workspace) -> what was found, and when.
-type RouteEntries = HashMap<(String, String), (Option<Route>, Instant)>;
+/// App host (as parsed: lowercased, with its port) -> what was found, and when. Keyed by the
+/// whole host so that a lookup, on every proxied request, needs no key of its own.
+type RouteEntries = HashMap<String, (Option<Arc<Route>>, Instant)>;
 
 /// Host lookups, shared with the API so that a change there is seen at once.
 pub struct RouteCache {
@@ -98,12 +100,12 @@ impl RouteCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn get(&self, key: &(String, String)) -> Option<Option<Route>> {
+    fn get(&self, key: &str) -> Option<Option<Arc<Route>>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(r, _)| r.clone())
     }
 
-    fn put(&self, key: (String, String), route: Option<Route>) {
+    fn put(&self, key: String, route: Option<Arc<Route>>) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (route, Instant::now()));
     }
 }
@@ -114,7 +116,8 @@ pub struct AppGate {
     pub activity: Arc<Activity>,
     pub metrics: Arc<cove_proxy::Metrics>,
     addresses: Mutex<HashMap<WorkspaceId, (i64, IpAddr)>>,
-    tokens: Mutex<HashMap<String, (User, Instant)>>,
+    /// Token hash -> its user, and when that was read: the gate needs only the id.
+    tokens: Mutex<HashMap<String, (UserId, Instant)>>,
     /// (workspace, port, actual generation) seen accepting connections since that start.
     listening: Mutex<std::collections::HashSet<(WorkspaceId, u16, i64)>>,
 }
@@ -123,7 +126,7 @@ pub struct AppGate {
 enum Identity {
     Anonymous,
     Session(UserId),
-    Bearer(User),
+    Bearer(UserId),
 }
 
 impl Identity {
@@ -131,7 +134,7 @@ impl Identity {
         match self {
             Identity::Anonymous => None,
             Identity::Session(id) => Some(*id),
-            Identity::Bearer(user) => Some(user.id),
+            Identity::Bearer(id) => Some(*id),
         }
     }
 }
@@ -154,13 +157,12 @@ impl AppGate {
         }
     }
 
-    async fn resolve(&self, owner: &Name, workspace: &Name) -> Result<Option<Route>, StoreError> {
-        let key = (owner.to_string(), workspace.to_string());
-        if let Some(route) = self.state.routes.get(&key) {
+    async fn resolve(&self, host: &AppHost) -> Result<Option<Arc<Route>>, StoreError> {
+        if let Some(route) = self.state.routes.get(&host.host) {
             return Ok(route);
         }
-        let route = lookup(self.state.store.as_ref(), owner, workspace).await?;
-        self.state.routes.put(key, route.clone());
+        let route = lookup(self.state.store.as_ref(), &host.owner, &host.workspace).await?.map(Arc::new);
+        self.state.routes.put(host.host.clone(), route.clone());
         Ok(route)
     }
 
@@ -180,16 +182,16 @@ impl AppGate {
         Ok(session.map_or(Identity::Anonymous, |s| Identity::Session(s.user)))
     }
 
-    async fn bearer_user(&self, secret: &str) -> Option<User> {
+    async fn bearer_user(&self, secret: &str) -> Option<UserId> {
         let hash = hash_token(secret);
         if let Some((user, at)) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
             if at.elapsed() < TOKEN_TTL {
-                return Some(user.clone());
+                return Some(*user);
             }
         }
         let (_, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.clone(), Instant::now()));
-        Some(user)
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.id, Instant::now()));
+        Some(user.id)
     }
 
     /// The ticket exchange: `/__cove/auth?ticket=...` sets the host's session cookie.
@@ -265,7 +267,7 @@ impl AppGate {
         if parts.uri.path() == "/__cove/auth" {
             return Ok(Verdict::Respond(self.redeem(parts, host)));
         }
-        let route = self.resolve(&host.owner, &host.workspace).await?;
+        let route = self.resolve(host).await?;
         let identity = match self.authenticate(parts, host).await {
             Ok(i) => i,
             Err(response) => return Ok(Verdict::Respond(response)),
@@ -284,7 +286,8 @@ impl AppGate {
                 _ => pages::not_found(),
             }));
         };
-        let ws = route.workspace;
+        // Borrowed from the cached route on the fast path; replaced by a fresh read otherwise.
+        let ws = Cow::Borrowed(&route.workspace);
         let target = match Target::of(&host.app) {
             Some(target) => target,
             None => return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string()))),
@@ -330,7 +333,7 @@ impl AppGate {
                 let Some(ip) = self.address(&ws).await else {
                     return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
                 };
-                (ws, ip, recently_woken)
+                (Cow::Owned(ws), ip, recently_woken)
             }
         };
         let (upstream, probe_key) = match target {

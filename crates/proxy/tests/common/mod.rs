@@ -114,6 +114,7 @@ pub fn upstream_app() -> (Router, Arc<Semaphore>) {
         .route("/headers", get(headers))
         .route("/ws", get(ws))
         .route("/ws-bye", get(ws_bye))
+        .route("/close", get(close))
         .with_state(UpstreamState { sse_permits: sse_permits.clone() });
     (app, sse_permits)
 }
@@ -175,6 +176,11 @@ async fn echo_socket(mut socket: WebSocket) {
             break;
         }
     }
+}
+
+/// Answers, then closes the connection (hyper does on `Connection: close`).
+async fn close() -> Response {
+    ([("connection", "close")], "closing\n").into_response()
 }
 
 /// Says "bye" and closes: a WebSocket the app ends.
