@@ -171,9 +171,8 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
     })
 }
 
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

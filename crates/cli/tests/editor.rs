@@ -114,6 +114,40 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     assert!(answer.starts_with("HTTP/1.1 101"), "the upgrade was refused:\n{answer}");
     assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "wrong Sec-WebSocket-Accept:\n{answer}");
 
+    // The same through Cove's proxy, as a browser or script reaches it: the page, then a
+    // WebSocket upgrade that code-server itself accepts (its Sec-WebSocket-Accept comes back).
+    let host = format!("code--ed--admin.localhost:{}", server.port());
+    let token = server.token();
+    let via_proxy = |request: String| -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let page = via_proxy(format!(
+        "GET {location} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(page.starts_with("HTTP/1.1 200"), "VS Code's page through the proxy:\n{}", &page[..page.len().min(400)]);
+    assert!(page.contains("vscode-workbench-web-configuration"));
+    let answer = via_proxy(format!(
+        "GET /?reconnectionToken=cove-proxy&reconnection=false&skipWebSocketFrames=false HTTP/1.1\r\n\
+         Host: {host}\r\nAuthorization: Bearer {token}\r\nOrigin: http://{host}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 101"), "the upgrade through the proxy was refused:\n{answer}");
+    assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "wrong Sec-WebSocket-Accept:\n{answer}");
+
     // Kill code-server (as the workspace user, whose process it is): the agent restarts it.
     let health = poll("the agent's health", WAIT, || agent_health(&run_dir));
     let editor = &health["editor"];

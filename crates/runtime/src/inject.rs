@@ -158,10 +158,9 @@ fn write_replacing(to: &Path, bytes: &[u8], mode: u32) -> Result<(), InjectError
     std::fs::rename(&staged, to).map_err(err)
 }
 
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
