@@ -206,6 +206,36 @@ fn openssh_shells_commands_scp_forwarding_and_a_stable_host_key() {
     eprintln!("scp down of {} MiB: {:?}", BIG >> 20, started.elapsed());
     assert_eq!(sha256_file(&down), sha256_file(&up), "downloaded copy differs");
 
+    // git over SSH, as a desktop's git would use it: clone a repository in the workspace
+    // from the host, push a commit back.
+    t.ssh_ok(
+        host,
+        "git init -q --bare --initial-branch=main ~/origin.git && git init -q ~/seed && cd ~/seed && echo one > f && git add f && \
+         git -c user.email=t@e -c user.name=t commit -qm one && git push -q ~/origin.git HEAD:refs/heads/main",
+    );
+    let git = |args: &[&str], cwd: &Path| {
+        let ssh = format!("ssh -F {} -o BatchMode=yes -o LogLevel=ERROR", t.config.display());
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_SSH_COMMAND", ssh)
+            .env("COVE_CONFIG_DIR", &t.server.config_dir)
+            .env_remove("COVE_TOKEN")
+            .env_remove("COVE_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let clone = t.dir.path().join("clone");
+    git(&["clone", "-q", &format!("{host}:origin.git"), clone.to_str().unwrap()], t.dir.path());
+    assert_eq!(std::fs::read_to_string(clone.join("f")).unwrap(), "one\n");
+    std::fs::write(clone.join("g"), "two\n").unwrap();
+    git(&["add", "g"], &clone);
+    git(&["-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "two"], &clone);
+    git(&["push", "-q", "origin", "HEAD:main"], &clone);
+    let log = t.ssh_ok(host, "git --git-dir=origin.git log --format=%s main");
+    assert_eq!(log, "two\none\n");
+
     // A server inside the workspace, seen by `cove ports`, reached with `ssh -L`.
     t.ssh_ok(
         host,
