@@ -10,7 +10,8 @@
 #   harness_init                  # WORK, INSTANCE, COVE, DOCKER_HOST; cleanup trap
 #   harness_server                # COVE_URL, COVE_ADDR (127.0.0.1:PORT), COVE_PORT, TOKEN, ADMIN_PASSWORD_FILE
 #   harness_upstream_bin          # UPSTREAM_BIN (cargo build --release if missing)
-#   harness_workspace NAME        # cove create NAME + the upstream in it, answering on :8080
+#   harness_workspace NAME        # cove create NAME + the upstream in it (cove push), answering on :8080
+#   install_upstream_podman C     # the upstream and on-start in a plain Podman container C
 #   container_of NAME / ip_of NAME
 #   harness_on_exit 'command'     # run at cleanup, before the workspaces are removed
 #   app_host NAME [PORT]          # PORT--NAME--admin.localhost:COVE_PORT
@@ -128,14 +129,26 @@ wait_http() {
 # The on-start script the workspace runs on every start (Cove runs ~/.cove/on-start).
 # shellcheck disable=SC2016  # $HOME is for the workspace's shell
 ON_START='#!/bin/sh
-nohup "$HOME/cove-bench-upstream" 8080 >>"$HOME/.cove/upstream.log" 2>&1 </dev/null &'
+nohup "$HOME/bench/cove-bench-upstream" 8080 >>"$HOME/.cove/upstream.log" 2>&1 </dev/null &'
 
-# install_upstream CONTAINER: copy the binary into the home volume (podman cp gives it the
-# container user's ownership), write ~/.cove/on-start (as uid 1000 through podman exec).
+# install_upstream NAME: put the binary into the workspace's home with `cove push` (owned
+# by the workspace user), write ~/.cove/on-start (as uid 1000 through cove exec).
 install_upstream() {
-  podman cp "$UPSTREAM_BIN" "$1:/home/cove/cove-bench-upstream" >/dev/null
+  local stage="$WORK/push-$1"
+  mkdir -p "$stage" && cp "$UPSTREAM_BIN" "$stage/cove-bench-upstream"
+  "$COVE" push "$1" "$stage" --to bench >/dev/null || die "cove push into $1 failed"
+  "$COVE" exec "$1" -e ON_START="$ON_START" -- sh -c \
+    'mkdir -p "$HOME/.cove" && printf "%s\n" "$ON_START" >"$HOME/.cove/on-start" && chmod 755 "$HOME/.cove/on-start" "$HOME/bench/cove-bench-upstream"' \
+    || die "writing ~/.cove/on-start in $1 failed"
+}
+
+# install_upstream_podman CONTAINER: the same for a plain Podman container running as uid
+# 1000 (podman cp gives the files the container user's ownership).
+install_upstream_podman() {
+  podman exec --user 1000:1000 "$1" mkdir -p /home/cove/bench
+  podman cp "$UPSTREAM_BIN" "$1:/home/cove/bench/cove-bench-upstream" >/dev/null
   podman exec --user 1000:1000 -e ON_START="$ON_START" "$1" sh -c \
-    'mkdir -p "$HOME/.cove" && printf "%s\n" "$ON_START" >"$HOME/.cove/on-start" && chmod 755 "$HOME/.cove/on-start" "$HOME/cove-bench-upstream"'
+    'mkdir -p "$HOME/.cove" && printf "%s\n" "$ON_START" >"$HOME/.cove/on-start" && chmod 755 "$HOME/.cove/on-start" "$HOME/bench/cove-bench-upstream"'
 }
 
 harness_workspace() {
@@ -144,7 +157,7 @@ harness_workspace() {
   HARNESS_WORKSPACES+=("$name")
   c=$(container_of "$name")
   [[ -n $c ]] || die "no container for workspace $name"
-  install_upstream "$c"
+  install_upstream "$name"
   # Start it now the way any user would (on-start runs on the next start).
   # shellcheck disable=SC2016  # $HOME is for the workspace's shell
   "$COVE" exec "$name" -- sh -c '"$HOME/.cove/on-start" </dev/null >/dev/null 2>&1' || die "starting the upstream in $name failed"

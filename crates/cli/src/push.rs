@@ -93,6 +93,8 @@ pub async fn upload(client: &Client, name: &str, dir: &Path, to: &str) -> anyhow
 fn pack(dir: &Path, writer: impl std::io::Write) -> std::io::Result<()> {
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
+    // Plain entries: every tar reader (and the server's check) takes them.
+    builder.sparse(false);
     builder.append_dir_all(".", dir)?;
     builder.into_inner()?.flush()
 }

@@ -114,14 +114,21 @@ pub fn rewrite(input: impl Read, output: impl Write, to: &Path) -> Result<Pushed
                 builder.append_data(&mut header, &path, std::io::empty()).map_err(malformed)?;
                 pushed.directories += 1;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                pushed.bytes += entry.size();
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // A sparse entry reads back whole (holes as zeros): its real size counts.
+                let size = match kind {
+                    tar::EntryType::GNUSparse => {
+                        entry.header().as_gnu().map(|g| g.real_size()).transpose().map_err(malformed)?.unwrap_or(0)
+                    }
+                    _ => entry.size(),
+                };
+                pushed.bytes += size;
                 if pushed.bytes > MAX_PUSH_BYTES {
                     return Err(ArchiveError::TooLarge);
                 }
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(mode | 0o600);
-                header.set_size(entry.size());
+                header.set_size(size);
                 builder.append_data(&mut header, &path, &mut entry).map_err(malformed)?;
                 pushed.files += 1;
             }
@@ -228,6 +235,7 @@ async fn push(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::io::Read;
 
     /// (path, kind, content, mode, link target)
     type Entry<'a> = (&'a str, tar::EntryType, &'a [u8], u32, Option<&'a str>);
@@ -309,6 +317,34 @@ mod tests {
             rewrite(&b"not a tar archive at all"[..], Vec::new(), Path::new("p")),
             Err(ArchiveError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn sparse_files_arrive_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("holes.bin");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(4 << 20).unwrap();
+        use std::io::{Seek, SeekFrom};
+        let mut file = file;
+        file.seek(SeekFrom::Start(3 << 20)).unwrap();
+        file.write_all(b"data in the middle").unwrap();
+        drop(file);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_dir_all(".", dir.path()).unwrap();
+        let mut out = Vec::new();
+        let pushed = rewrite(&b.into_inner().unwrap()[..], &mut out, Path::new("p")).unwrap();
+        assert_eq!((pushed.files, pushed.bytes), (1, 4 << 20));
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut entry = archive
+            .entries()
+            .unwrap()
+            .find(|e| e.as_ref().unwrap().path().unwrap().ends_with("holes.bin"))
+            .unwrap()
+            .unwrap();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        assert_eq!(content, std::fs::read(&path).unwrap());
     }
 
     #[test]
