@@ -35,6 +35,8 @@ pub struct Agent {
     pub activity: Activity,
     /// The editor's supervisor, when an editor is mounted.
     pub editor: Option<crate::editor::Editor>,
+    /// The devcontainer.json environment and `postAttachCommand`, once read.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     secret: Arc<str>,
     started_at: std::time::SystemTime,
 }
@@ -46,6 +48,7 @@ impl Agent {
             control,
             activity: Activity::default(),
             editor: None,
+            lifecycle: crate::lifecycle::Lifecycle::default(),
             secret,
             started_at: std::time::SystemTime::now(),
         }

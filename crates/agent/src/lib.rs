@@ -11,7 +11,8 @@
 //!   with scrollback ([`terminal`]);
 //! * reports its state and the user's activity to the control plane ([`control`],
 //!   [`activity`]), so that the idle stop covers terminals and SSH as well as HTTP;
-//! * runs and supervises the editor, code-server, when Cove mounted one ([`editor`]).
+//! * runs and supervises the editor, code-server, when Cove mounted one ([`editor`]);
+//! * runs the project's devcontainer.json lifecycle commands ([`lifecycle`]).
 //!
 //! See `cove_core::agent` for the contract with the control plane.
 
@@ -23,6 +24,7 @@ pub mod control;
 pub mod credential;
 pub mod editor;
 pub mod endpoint;
+pub mod lifecycle;
 pub mod ports;
 pub mod pty;
 pub mod ssh;
@@ -135,10 +137,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 reporter.report(AgentState::Failed, Some(message));
             }
         }
-        start_on_start_hook(&user);
-        if reporter.current() != AgentState::Failed {
-            println!("cove agent: ready");
-            reporter.report(AgentState::Ready, None);
+        let ready = {
+            let (user, reporter) = (user.clone(), reporter.clone());
+            move || {
+                start_on_start_hook(&user);
+                if reporter.current() != AgentState::Failed {
+                    println!("cove agent: ready");
+                    reporter.report(AgentState::Ready, None);
+                }
+            }
+        };
+        if reporter.current() == AgentState::Failed {
+            // Without the code its hooks are not there to run.
+            ready();
+        } else {
+            lifecycle::start(&agent, reporter.clone(), ready);
         }
         std::future::pending::<()>().await;
     };
@@ -191,7 +204,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Makes `dir` (and its parents) and gives it to the user if it is new or root's.
-fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     if user.switch {
         let meta = std::fs::metadata(dir)?;

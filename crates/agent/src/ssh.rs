@@ -328,7 +328,12 @@ async fn run_session(agent: Agent, channel: Channel<Msg>) {
             return finish_with_error(&write, &format!("cove: unknown subsystem {name:?}\r\n")).await;
         }
     };
+    agent.lifecycle.apply_env(&mut command);
     command.envs(env);
+    if matches!(program, Program::Shell) {
+        // An interactive session is an attach; `ssh host cmd`, scp and git are not.
+        crate::lifecycle::on_attach(&agent);
+    }
     let mut stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>;
     let mut outputs = Vec::new();
     let mut master = None;

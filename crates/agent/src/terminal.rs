@@ -225,6 +225,7 @@ async fn connect(
     if !new && (query.cols.is_some() || query.rows.is_some()) {
         let _ = session.master.resize(size);
     }
+    crate::lifecycle::on_attach(&t.agent);
     let activity = t.agent.activity.clone();
     upgrade.on_upgrade(move |socket| async move {
         let _open = activity.session(KIND);
@@ -254,6 +255,7 @@ impl Terminals {
         if project.is_dir() {
             command.current_dir(project);
         }
+        self.agent.lifecycle.apply_env(&mut command);
         command.env("COLORTERM", "truecolor");
         let pty = Pty::spawn(command, size).map_err(SessionError::Spawn)?;
         let id = hex::encode(rand::random::<[u8; 16]>());

@@ -208,9 +208,10 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
         }
     }
     if !args.wait.no_wait {
-        let goal = match (args.stopped, args.repo.is_some()) {
+        let goal = match (args.stopped, args.repo.is_some() || args.from_dir.is_some()) {
             (true, _) => Goal::Stopped,
-            // With a repository, "ready" means the code is there: the agent says so.
+            // With code (a repository, a folder), "ready" means the code is there and its
+            // devcontainer.json hooks up to `waitFor` ran: the agent says so.
             (false, true) => Goal::Ready,
             (false, false) => Goal::Running,
         };
