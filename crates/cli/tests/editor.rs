@@ -148,6 +148,14 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     assert!(answer.starts_with("HTTP/1.1 101"), "the upgrade through the proxy was refused:\n{answer}");
     assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "wrong Sec-WebSocket-Accept:\n{answer}");
 
+    // VS Code's integrated terminal runs on node-pty, a native module: it loads with the
+    // bundled Node.js and libraries in the workspace and gives a shell a terminal.
+    let script = "const p = require('/.cove/editor/node_modules/code-server/lib/vscode/node_modules/node-pty'); \
+                  const t = p.spawn('/bin/sh', ['-c', 'test -t 1 && echo pty-ok'], {}); \
+                  t.onData((d) => process.stdout.write(d)); t.onExit(() => process.exit(0));";
+    let out = server.ok(&["exec", "ed", "--", "/.cove/editor/node/bin/node", "-e", script]);
+    assert!(out.contains("pty-ok"), "node-pty did not run a shell on a terminal: {out:?}");
+
     // Kill code-server (as the workspace user, whose process it is): the agent restarts it.
     let health = poll("the agent's health", WAIT, || agent_health(&run_dir));
     let editor = &health["editor"];
