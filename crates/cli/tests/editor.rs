@@ -148,6 +148,29 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     assert!(answer.starts_with("HTTP/1.1 101"), "the upgrade through the proxy was refused:\n{answer}");
     assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "wrong Sec-WebSocket-Accept:\n{answer}");
 
+    // In a real Chromium: log in, the workbench on ~/project, a command typed into the
+    // integrated terminal runs in the workspace (the file it writes is there).
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
+    let out = Command::new("node")
+        .arg("tests/browser/vscode.mjs")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env("CODE_URL", format!("http://{host}/"))
+        .env("COVE_PASSWORD", server.admin_password())
+        .env("SCREENSHOT_DIR", &shots)
+        .output()
+        .expect("node must be installed (scripts/install-deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "VS Code in the browser:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(summary["folder"], "/home/cove/project", "{summary}");
+    let proof = poll("the file the integrated terminal wrote", WAIT, || {
+        let out = server.cove(&["exec", "ed", "--", "cat", "project/vscode-proof.txt"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(proof, "typed in vscode 42\n");
+    let owner = server.ok(&["exec", "ed", "--", "stat", "-c", "%u", "project/vscode-proof.txt"]);
+    assert_eq!(owner.trim(), "1000", "the integrated terminal must run as the workspace user");
+
     // VS Code's integrated terminal runs on node-pty, a native module: it loads with the
     // bundled Node.js and libraries in the workspace and gives a shell a terminal.
     let script = "const p = require('/.cove/editor/node_modules/code-server/lib/vscode/node_modules/node-pty'); \
