@@ -517,6 +517,10 @@ pub enum TokensCommand {
         name: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// read: only look; write (default): also change your workspaces, apps and tokens;
+        /// admin: everything (admins only).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        scope: Option<String>,
     },
     Ls {
         #[arg(long)]
@@ -529,12 +533,12 @@ pub enum TokensCommand {
 
 pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokensCommand::Create { name, expires_in_days } => {
+        TokensCommand::Create { name, expires_in_days, scope } => {
             let answer: Value = client
                 .json(
                     Method::POST,
                     "/api/v1/tokens",
-                    Some(&json!({ "name": name, "expires_in_days": expires_in_days })),
+                    Some(&json!({ "name": name, "expires_in_days": expires_in_days, "scope": scope })),
                 )
                 .await?;
             println!("{}", answer["token"].as_str().unwrap_or_default());
@@ -552,12 +556,20 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
                         vec![
                             t.id.clone(),
                             t.name.clone(),
+                            t.scope.to_string(),
                             age(t.created_at, now),
-                            t.expires_at.map_or("never".into(), |e| e.format("%Y-%m-%d").to_string()),
+                            t.expires_at.map_or("never".into(), |e| {
+                                let day = e.format("%Y-%m-%d").to_string();
+                                if e <= now {
+                                    format!("{day} (expired)")
+                                } else {
+                                    day
+                                }
+                            }),
                         ]
                     })
                     .collect();
-                println!("{}", table(&["ID", "NAME", "AGE", "EXPIRES"], &rows));
+                println!("{}", table(&["ID", "NAME", "SCOPE", "AGE", "EXPIRES"], &rows));
             }
         }
         TokensCommand::Revoke { id } => {

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use cove_core::{Name, Role};
+use cove_core::{Name, Role, TokenScope};
 use cove_runtime::{ExecEvent, ExecRequest, LogOptions};
 use cove_store::NewUser;
 use futures::StreamExt;
@@ -124,12 +124,15 @@ async fn login(
         return Err(ApiError::Unauthenticated("invalid username or password".into()));
     };
     let token_name = body.token_name.unwrap_or_else(|| "cli".into());
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, None).await?;
+    // As before scopes: the login token may do all its user may.
+    let scope = TokenScope::widest_for(user.role);
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, scope, None).await?;
     tracing::info!(user = %user.name, token = %token.id, "logged in");
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "user": UserView::from(&user) }))))
 }
 
-async fn me(Caller(user): Caller) -> Json<UserView> {
+async fn me(Caller(mut user, access): Caller) -> Json<UserView> {
+    user.role = access.role;
     Json(UserView::from(&user))
 }
 
@@ -160,14 +163,14 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
-async fn list_tokens(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
+async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
     let tokens = state.store.token_list_by_user(user.id).await?;
     Ok(Json(tokens.iter().map(TokenView::from).collect()))
 }
 
 async fn create_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, access): Caller,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = body.name.trim();
@@ -179,7 +182,20 @@ async fn create_token(
         Some(days) => Some(Utc::now() + Duration::days(i64::from(days.min(3650)))),
         None => None,
     };
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, expires_at).await?;
+    let scope = body.scope.unwrap_or(TokenScope::Write);
+    if scope > TokenScope::widest_for(access.role) {
+        return Err(ApiError::Forbidden(format!(
+            "only admins may hold {scope} tokens; ask for --scope write or --scope read"
+        )));
+    }
+    // Else a leaked write token could mint itself an admin one.
+    if scope > access.scope {
+        return Err(ApiError::Forbidden(format!(
+            "this token's scope is {}; it cannot make a {scope} token (log in again with `cove login` for that)",
+            access.scope
+        )));
+    }
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, scope, expires_at).await?;
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
 }
 
@@ -207,7 +223,7 @@ struct SetGitToken {
 
 async fn list_git_tokens(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tokens = state.store.git_token_list(user.id).await?;
     let views: Vec<_> =
@@ -217,7 +233,7 @@ async fn list_git_tokens(
 
 async fn set_git_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(host): Path<String>,
     ApiJson(body): ApiJson<SetGitToken>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -240,7 +256,7 @@ async fn set_git_token(
 
 async fn delete_git_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(host): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let host = git_host(&host)?;
@@ -255,7 +271,7 @@ async fn delete_git_token(
 
 async fn delete_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("token {id} not found; list yours with `cove tokens ls`"));
@@ -290,7 +306,7 @@ async fn list_workspaces(
 
 async fn create_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     ApiJson(body): ApiJson<CreateWorkspace>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::create(&state, &user, body).await?;
@@ -299,7 +315,7 @@ async fn create_workspace(
 
 async fn get_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -309,7 +325,7 @@ async fn get_workspace(
 }
 
 /// The key the caller's hand-off webhooks are signed with (HMAC-SHA256).
-async fn handoff_key(State(state): State<AppState>, Caller(user): Caller) -> Json<serde_json::Value> {
+async fn handoff_key(State(state): State<AppState>, Caller(user, _): Caller) -> Json<serde_json::Value> {
     Json(json!({
         "key": crate::handoff::key_for(&state, user.id),
         "algorithm": "HMAC-SHA256 of the request body, hex, in X-Cove-Signature: sha256=<hex>",
@@ -318,7 +334,7 @@ async fn handoff_key(State(state): State<AppState>, Caller(user): Caller) -> Jso
 
 async fn patch_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<PatchWorkspace>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
@@ -329,7 +345,7 @@ async fn patch_workspace(
 
 async fn delete_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -339,7 +355,7 @@ async fn delete_workspace(
 
 async fn exec(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ApiError> {
@@ -381,7 +397,7 @@ struct LogsQuery {
 
 async fn logs(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -406,7 +422,7 @@ fn app_view(state: &AppState, ws: &cove_core::Workspace, app: String, share: cov
 
 async fn list_apps(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<Vec<AppView>>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -416,7 +432,7 @@ async fn list_apps(
 
 async fn share_app(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((key, app)): Path<(String, String)>,
     ApiJson(body): ApiJson<ShareBody>,
 ) -> Result<Json<AppView>, ApiError> {
@@ -446,7 +462,7 @@ fn websocket(upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Re
 
 async fn ssh(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -460,7 +476,7 @@ async fn ssh(
 
 async fn tcp(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((key, port)): Path<(String, String)>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -477,7 +493,7 @@ async fn tcp(
 
 async fn ports(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ws = own_workspace(&state, &user, &key).await?;

@@ -159,7 +159,7 @@ pub fn document() -> Value {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
                 "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" }, "token_name": { "type": "string" } } },
                 "CreateUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 12 }, "role": { "enum": ["admin", "member"] } } },
-                "CreateToken": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "expires_in_days": { "type": "integer", "minimum": 1 } } },
+                "CreateToken": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "expires_in_days": { "type": "integer", "minimum": 1 }, "scope": { "enum": ["read", "write", "admin"], "description": "read: GET only; write (default): also change own workspaces, apps, tokens; admin: everything, admins only" } } },
                 "CreateWorkspace": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
                     "name": { "type": "string", "pattern": "^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$" },
                     "image": { "type": "string" }, "cpus": { "type": "number", "minimum": 0.1, "maximum": 64 },

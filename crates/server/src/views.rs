@@ -2,7 +2,7 @@
 //! without silently changing the other.
 
 use chrono::{DateTime, Utc};
-use cove_core::{ActualState, ApiToken, DesiredState, Role, ShareLevel, User, Workspace};
+use cove_core::{ActualState, ApiToken, DesiredState, Role, ShareLevel, TokenScope, User, Workspace};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -103,6 +103,7 @@ impl From<&User> for UserView {
 pub struct TokenView {
     pub id: String,
     pub name: String,
+    pub scope: TokenScope,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -113,6 +114,7 @@ impl From<&ApiToken> for TokenView {
         Self {
             id: t.id.to_string(),
             name: t.name.clone(),
+            scope: t.scope,
             created_at: t.created_at,
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
@@ -204,4 +206,6 @@ pub struct CreateUser {
 pub struct CreateToken {
     pub name: String,
     pub expires_in_days: Option<u32>,
+    /// Default `write`.
+    pub scope: Option<TokenScope>,
 }

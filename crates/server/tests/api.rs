@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cove_core::{Name, Role};
+use cove_core::{Name, Role, TokenScope};
 use cove_runtime::FakeBackend;
 use cove_server::{auth, openapi, AppState, Config};
 use cove_store::{NewUser, SqliteStore, Store};
@@ -19,6 +19,8 @@ use tower::ServiceExt;
 struct Api {
     router: axum::Router,
     token: String,
+    store: Arc<dyn Store>,
+    alice: cove_core::User,
     _dir: tempfile::TempDir,
 }
 
@@ -33,7 +35,8 @@ async fn api() -> Api {
         })
         .await
         .unwrap();
-    let (token, _) = auth::issue_token(store.as_ref(), &user, "test", None).await.unwrap();
+    let (token, _) =
+        auth::issue_token(store.as_ref(), &user, "test", cove_core::TokenScope::Write, None).await.unwrap();
     let fake = Arc::new(FakeBackend::new());
     fake.add_image("img:1");
     let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
@@ -43,7 +46,7 @@ async fn api() -> Api {
     config.reconcile = reconcile;
     config.public_url = "http://localhost:7080".into();
     let state = AppState {
-        store,
+        store: store.clone(),
         backend: fake,
         reconciler,
         config: Arc::new(config),
@@ -54,13 +57,16 @@ async fn api() -> Api {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
     };
-    Api { router: cove_server::router(state), token, _dir: dir }
+    Api { router: cove_server::router(state), token, store, alice: user, _dir: dir }
 }
 
 impl Api {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req =
-            Request::builder().method(method).uri(path).header("authorization", format!("Bearer {}", self.token));
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    async fn call_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
         let body = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
@@ -192,4 +198,108 @@ async fn git_tokens_are_stored_encrypted_and_never_listed() {
     let (status, v) = api.call("DELETE", "/api/v1/git-tokens/github.com", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("cove git-token ls"), "{v}");
+}
+
+async fn token(
+    api: &Api,
+    user: &cove_core::User,
+    scope: TokenScope,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    auth::issue_token(api.store.as_ref(), user, "t", scope, expires_at).await.unwrap().0
+}
+
+async fn admin_user(api: &Api) -> cove_core::User {
+    let name = Name::parse("root").unwrap();
+    let new = NewUser { name, role: Role::Admin, password_hash: auth::hash_password("pw").unwrap() };
+    api.store.user_create(new).await.unwrap()
+}
+
+fn message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_read_token_only_looks() {
+    let api = api().await;
+    assert_eq!(
+        api.call("POST", "/api/v1/workspaces", Some(json!({"name": "w", "start": false}))).await.0,
+        StatusCode::CREATED
+    );
+    let read = token(&api, &api.alice, TokenScope::Read, None).await;
+    let (s, v) = api.call_as(&read, "GET", "/api/v1/workspaces/w", None).await;
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("w")), "{v}");
+    for (method, path, body) in [
+        ("POST", "/api/v1/workspaces", Some(json!({"name": "x"}))),
+        ("PATCH", "/api/v1/workspaces/w", Some(json!({"desired_state": "Running"}))),
+        ("DELETE", "/api/v1/workspaces/w", None),
+        ("POST", "/api/v1/tokens", Some(json!({"name": "more"}))),
+        ("GET", "/api/v1/workspaces/w/ssh", None),
+    ] {
+        let (s, v) = api.call_as(&read, method, path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+        assert!(message(&v).contains("scope is read") && message(&v).contains("--scope write"), "{v}");
+    }
+    let (_, v) = api.call("GET", "/api/v1/workspaces/w", None).await;
+    assert_eq!((v["desired_state"].as_str(), v["generation"].as_i64()), (Some("Stopped"), Some(1)), "nothing changed");
+    let (_, list) = api.call("GET", "/api/v1/workspaces", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_write_token_does_not_reach_admin_routes() {
+    let api = api().await;
+    let root = admin_user(&api).await;
+    let write = token(&api, &root, TokenScope::Write, None).await;
+    let admin = token(&api, &root, TokenScope::Admin, None).await;
+    let user = json!({"username": "carol", "password": "long enough password"});
+    let (s, v) = api.call_as(&write, "POST", "/api/v1/users", Some(user.clone())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("scope is write") && message(&v).contains("--scope admin"), "{v}");
+    let (s, _) = api.call_as(&write, "GET", "/api/v1/workspaces?all=true", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Nor can it mint itself a wider token.
+    let (s, v) = api.call_as(&write, "POST", "/api/v1/tokens", Some(json!({"name": "x", "scope": "admin"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // /me still tells the real role.
+    assert_eq!(api.call_as(&write, "GET", "/api/v1/me", None).await.1["role"], "admin");
+
+    let (s, v) = api.call_as(&admin, "POST", "/api/v1/users", Some(user)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = api.call_as(&admin, "POST", "/api/v1/tokens", Some(json!({"name": "ci", "scope": "admin"}))).await;
+    assert_eq!((s, v["info"]["scope"].as_str()), (StatusCode::CREATED, Some("admin")), "{v}");
+}
+
+#[tokio::test]
+async fn token_scopes_on_create() {
+    let api = api().await;
+    let (s, v) = api.call("POST", "/api/v1/tokens", Some(json!({"name": "a", "scope": "admin"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("only admins"), "{v}");
+    let (s, v) = api.call("POST", "/api/v1/tokens", Some(json!({"name": "a", "scope": "root"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = api.call("POST", "/api/v1/tokens", Some(json!({"name": "d"}))).await;
+    assert_eq!((s, v["info"]["scope"].as_str()), (StatusCode::CREATED, Some("write")), "{v}");
+    let (s, v) =
+        api.call("POST", "/api/v1/tokens", Some(json!({"name": "r", "scope": "read", "expires_in_days": 2}))).await;
+    assert_eq!((s, v["info"]["scope"].as_str()), (StatusCode::CREATED, Some("read")), "{v}");
+    let (_, list) = api.call("GET", "/api/v1/tokens", None).await;
+    // By name: tokens made in the same millisecond have no order among themselves.
+    let by_name = |name: &str| list.as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone();
+    assert_eq!((by_name("d")["scope"].as_str(), by_name("d")["expires_at"].is_null()), (Some("write"), true));
+    assert_eq!((by_name("r")["scope"].as_str(), by_name("r")["expires_at"].is_string()), (Some("read"), true));
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_as_expired() {
+    let api = api().await;
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let expired = token(&api, &api.alice, TokenScope::Write, Some(past)).await;
+    let (s, v) = api.call_as(&expired, "GET", "/api/v1/me", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(message(&v).starts_with("token expired"), "{v}");
+    let (s, v) = api.call_as("cove_notatoken", "GET", "/api/v1/me", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(message(&v).starts_with("invalid API token"), "{v}");
 }

@@ -64,7 +64,8 @@ async fn world_waiting(wake_wait: Duration) -> World {
             .user_create(NewUser { name: Name::parse(name).unwrap(), role: Role::Member, password_hash: hash })
             .await
             .unwrap();
-        let (token, _) = auth::issue_token(store.as_ref(), &user, "test", None).await.unwrap();
+        let (token, _) =
+            auth::issue_token(store.as_ref(), &user, "test", cove_core::TokenScope::Write, None).await.unwrap();
         users.push((user, token));
     }
     let (bob, bob_token) = users.pop().unwrap();

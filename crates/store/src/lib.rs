@@ -11,8 +11,8 @@ mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cove_core::{
-    ActualState, ApiToken, DesiredState, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace,
-    WorkspaceId,
+    ActualState, ApiToken, DesiredState, Name, Resources, Role, ShareLevel, TokenId, TokenScope, User, UserId,
+    Workspace, WorkspaceId,
 };
 
 pub use sqlite::SqliteStore;
@@ -44,6 +44,7 @@ pub struct NewUser {
 pub struct NewToken {
     pub user: UserId,
     pub name: String,
+    pub scope: TokenScope,
     /// `cove_core::hash_token` of the secret.
     pub token_hash: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -117,6 +118,9 @@ pub trait Store: Send + Sync + 'static {
     /// The token and its user, unless unknown or expired at `now` (`expires_at <= now`).
     /// Records the use in `last_used_at`, to the minute.
     async fn token_authenticate(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<(ApiToken, User)>>;
+    /// Whether this is a known token that has expired at `now`: to tell the caller why
+    /// `token_authenticate` said no.
+    async fn token_expired(&self, token_hash: &str, now: DateTime<Utc>) -> Result<bool>;
     /// Expired tokens included, oldest first.
     async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>>;
     /// `NotFound` unless the token exists and belongs to `user`.

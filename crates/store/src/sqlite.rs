@@ -28,7 +28,7 @@ const LAST_USED_PRECISION_MS: i64 = 60_000;
 
 const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at";
 
-const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, \
+const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, t.scope AS token_scope, \
      t.created_at AS token_created_at, t.expires_at, t.last_used_at";
 
 const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
@@ -123,17 +123,19 @@ impl Store for SqliteStore {
             id: TokenId::new_random(),
             user: new.user,
             name: new.name,
+            scope: new.scope,
             created_at: now(),
             expires_at: new.expires_at.map(|t| t.trunc_subsecs(3)),
             last_used_at: None,
         };
         sqlx::query(
-            "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, user_id, name, scope, token_hash, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id.to_string())
         .bind(token.user.to_string())
         .bind(&token.name)
+        .bind(token.scope.as_str())
         .bind(&new.token_hash)
         .bind(token.created_at.timestamp_millis())
         .bind(token.expires_at.map(|t| t.timestamp_millis()))
@@ -175,6 +177,15 @@ impl Store for SqliteStore {
             }
         }
         Ok(Some((token, user)))
+    }
+
+    async fn token_expired(&self, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM api_tokens WHERE token_hash = ? AND expires_at <= ?")
+            .bind(token_hash)
+            .bind(now.timestamp_millis())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>> {
@@ -577,6 +588,7 @@ fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
         id: text(row, "token_id", str::parse)?,
         user: text(row, "user_id", str::parse)?,
         name: row.try_get("token_name")?,
+        scope: text(row, "token_scope", str::parse)?,
         created_at: time(row, "token_created_at")?,
         expires_at: optional_time(row, "expires_at")?,
         last_used_at: optional_time(row, "last_used_at")?,

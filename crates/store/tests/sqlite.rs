@@ -279,6 +279,7 @@ async fn token_authenticate_honours_expiry_and_records_use() {
     let ada = f.user("ada").await;
     let t0 = Utc::now().trunc_subsecs(3);
     let new = NewToken {
+        scope: cove_core::TokenScope::Write,
         user: ada.id,
         name: "laptop".into(),
         token_hash: cove_core::hash_token("secret"),
@@ -311,6 +312,35 @@ async fn token_authenticate_honours_expiry_and_records_use() {
 
     let unknown = f.store.token_authenticate(&cove_core::hash_token("guess"), t0).await.unwrap();
     assert!(unknown.is_none());
+
+    // Why a token was refused: expired from its expiry on, never for an unknown one.
+    let hash = cove_core::hash_token("secret");
+    assert!(!f.store.token_expired(&hash, last_moment).await.unwrap());
+    assert!(f.store.token_expired(&hash, t0 + Duration::hours(1)).await.unwrap());
+    assert!(!f.store.token_expired(&cove_core::hash_token("guess"), t0 + Duration::hours(2)).await.unwrap());
+}
+
+#[tokio::test]
+async fn token_scope_is_kept() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    for (i, scope) in [cove_core::TokenScope::Read, cove_core::TokenScope::Write, cove_core::TokenScope::Admin]
+        .into_iter()
+        .enumerate()
+    {
+        let secret = format!("secret{i}");
+        let new = NewToken {
+            scope,
+            user: ada.id,
+            name: format!("t{i}"),
+            token_hash: cove_core::hash_token(&secret),
+            expires_at: None,
+        };
+        assert_eq!(f.store.token_create(new).await.unwrap().scope, scope);
+        let (found, _) =
+            f.store.token_authenticate(&cove_core::hash_token(&secret), Utc::now()).await.unwrap().unwrap();
+        assert_eq!(found.scope, scope);
+    }
 }
 
 #[tokio::test]
@@ -318,8 +348,13 @@ async fn token_delete_needs_the_owning_user() {
     let f = Fixture::new().await;
     let ada = f.user("ada").await;
     let bob = f.user("bob").await;
-    let new =
-        NewToken { user: ada.id, name: "ci".into(), token_hash: cove_core::hash_token("secret"), expires_at: None };
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "ci".into(),
+        token_hash: cove_core::hash_token("secret"),
+        expires_at: None,
+    };
     let token = f.store.token_create(new).await.unwrap();
 
     let by_bob = f.store.token_delete(bob.id, token.id).await;
@@ -342,6 +377,7 @@ async fn tokens_list_by_user_oldest_first() {
     let mut made = vec![];
     for (i, user) in [ada.id, bob.id, ada.id, ada.id].into_iter().enumerate() {
         let new = NewToken {
+            scope: cove_core::TokenScope::Write,
             user,
             name: format!("token {i}"),
             token_hash: cove_core::hash_token(&format!("secret {i}")),
@@ -358,6 +394,7 @@ async fn tokens_list_by_user_oldest_first() {
     assert_eq!(listed_ids, adas);
 
     let for_nobody = NewToken {
+        scope: cove_core::TokenScope::Write,
         user: UserId::new_random(),
         name: "x".into(),
         token_hash: cove_core::hash_token("x"),
@@ -407,8 +444,13 @@ async fn data_survives_reopening() {
     f.store.workspace_patch(ws.id, stop, None).await.unwrap();
     f.store.workspace_set_actual(ws.id, ActualState::Stopped, Some("idle"), 3).await.unwrap();
     let before = f.store.workspace_get(ws.id).await.unwrap();
-    let new =
-        NewToken { user: ada.id, name: "laptop".into(), token_hash: cove_core::hash_token("secret"), expires_at: None };
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "laptop".into(),
+        token_hash: cove_core::hash_token("secret"),
+        expires_at: None,
+    };
     let token = f.store.token_create(new).await.unwrap();
 
     // Reopening runs the migrations again, which must find nothing to do.
