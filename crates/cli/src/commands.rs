@@ -581,6 +581,93 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
 }
 
 #[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Show the quotas, or change the ones given (`none` removes a limit).
+    Quotas(QuotasArgs),
+}
+
+#[derive(clap::Args)]
+pub struct QuotasArgs {
+    /// Workspaces each user may have.
+    #[arg(long)]
+    max_workspaces: Option<Limit>,
+    /// Workspaces each user may have running at once.
+    #[arg(long)]
+    max_running: Option<Limit>,
+    /// CPUs per workspace (such as 4 or 0.5).
+    #[arg(long)]
+    max_cpus: Option<Limit>,
+    /// Memory per workspace (such as 8g).
+    #[arg(long)]
+    max_memory: Option<Limit>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A quota on the command line: a value, or `none` for no limit.
+#[derive(Clone, Debug)]
+enum Limit {
+    None,
+    Value(Value),
+}
+
+impl std::str::FromStr for Limit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Limit::None);
+        }
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Limit::Value(json!(n)));
+        }
+        if let Ok(x) = s.parse::<f64>() {
+            return Ok(Limit::Value(json!(x)));
+        }
+        // Sizes such as 8g; the server says if it is not one.
+        Ok(Limit::Value(json!(s)))
+    }
+}
+
+pub async fn admin(client: &Client, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    let AdminCommand::Quotas(args) = command;
+    let mut quotas: Value = client.get("/api/v1/admin/quotas").await?;
+    let changes =
+        [("max_workspaces", args.max_workspaces), ("max_running", args.max_running), ("max_cpus", args.max_cpus)];
+    let changed = changes.iter().any(|(_, c)| c.is_some()) || args.max_memory.is_some();
+    if changed {
+        // PUT replaces all quotas: send the current ones with the changes on top.
+        let mut body = json!({
+            "max_workspaces": quotas["max_workspaces"],
+            "max_running": quotas["max_running"],
+            "max_cpus": quotas["max_cpus"],
+            "max_memory": quotas["max_memory_bytes"],
+        });
+        let memory = args.max_memory.map(|m| ("max_memory", m));
+        for (key, change) in changes.into_iter().filter_map(|(k, c)| c.map(|c| (k, c))).chain(memory) {
+            body[key] = match change {
+                Limit::None => Value::Null,
+                Limit::Value(v) => v,
+            };
+        }
+        quotas = client.json(Method::PUT, "/api/v1/admin/quotas", Some(&body)).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&quotas)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
+    let memory = quotas["max_memory_bytes"].as_u64().map_or("none".into(), format_size);
+    let rows = vec![
+        vec!["workspaces per user".into(), show(&quotas["max_workspaces"])],
+        vec!["running workspaces per user".into(), show(&quotas["max_running"])],
+        vec!["CPUs per workspace".into(), show(&quotas["max_cpus"])],
+        vec!["memory per workspace".into(), memory],
+    ];
+    println!("{}", table(&["QUOTA", "LIMIT"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
 pub enum UsersCommand {
     /// Create a user; the password is read from standard input.
     Create {

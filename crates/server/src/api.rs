@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/handoff-key", get(handoff_key))
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/admin/quotas", get(get_quotas).put(set_quotas))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(delete_token))
         .route("/api/v1/git-tokens", get(list_git_tokens))
@@ -161,6 +162,50 @@ async fn create_user(
     let user =
         state.store.user_create(NewUser { name, role: body.role.unwrap_or(Role::Member), password_hash }).await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+async fn get_quotas(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(crate::quotas::view(&state.store.quota_get().await?)))
+}
+
+/// Replaces every quota: a field left out (or null) is no limit.
+async fn set_quotas(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<SetQuotas>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let max_cpus_milli = match body.max_cpus {
+        Some(cpus) if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) => {
+            return Err(ApiError::InvalidRequest("max_cpus must be a number of CPUs above 0 (such as 4 or 0.5)".into()))
+        }
+        // In range by the check above, so the cast cannot truncate.
+        Some(cpus) => Some((cpus * 1000.0).round() as u32),
+        None => None,
+    };
+    let max_memory_bytes = match body.max_memory {
+        Some(Size::Bytes(b)) => Some(b),
+        Some(Size::Text(t)) => Some(
+            cove_core::parse_size(&t)
+                .map_err(|e| ApiError::InvalidRequest(format!("max_memory: {e}; write it like 8g or 512m")))?,
+        ),
+        None => None,
+    };
+    if max_memory_bytes == Some(0) || max_cpus_milli == Some(0) {
+        return Err(ApiError::InvalidRequest(
+            "max_cpus and max_memory must be above 0; leave one out for no limit".into(),
+        ));
+    }
+    let quotas = cove_store::Quotas {
+        max_workspaces: body.max_workspaces,
+        max_running: body.max_running,
+        max_cpus_milli,
+        max_memory_bytes,
+    };
+    state.store.quota_set(quotas).await?;
+    tracing::info!(admin = %caller.0.name, ?quotas, "quotas set");
+    Ok(Json(crate::quotas::view(&quotas)))
 }
 
 async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {

@@ -14,6 +14,7 @@ pub mod gate;
 pub mod handoff;
 pub mod openapi;
 pub mod pages;
+pub mod quotas;
 pub mod secrets;
 pub mod tickets;
 pub mod tunnel;

@@ -12,6 +12,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/me/handoff-key"),
     ("get", "/api/v1/status"),
     ("post", "/api/v1/users"),
+    ("get", "/api/v1/admin/quotas"),
+    ("put", "/api/v1/admin/quotas"),
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
@@ -49,6 +51,12 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
         ),
         ("get", "/api/v1/status") => ("Instance, engine and reconciler status", None, "status"),
         ("post", "/api/v1/users") => ("Create a user (admins only)", Some("CreateUser"), "the user"),
+        ("get", "/api/v1/admin/quotas") => ("The per-user and per-workspace quotas (admins only)", None, "quotas"),
+        ("put", "/api/v1/admin/quotas") => (
+            "Replace the quotas (admins only); a limit left out is no limit",
+            Some("SetQuotas"),
+            "the quotas",
+        ),
         ("get", "/api/v1/tokens") => ("The caller's API tokens (never their secrets)", None, "tokens"),
         ("post", "/api/v1/tokens") => {
             ("Create an API token; the secret is shown once", Some("CreateToken"), "the token")
@@ -168,6 +176,11 @@ pub fn document() -> Value {
                 "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
                     "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
                     "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_seconds": { "type": "integer" } } },
+                "SetQuotas": { "type": "object", "additionalProperties": false, "properties": {
+                    "max_workspaces": { "type": "integer", "minimum": 0, "description": "workspaces per user" },
+                    "max_running": { "type": "integer", "minimum": 0, "description": "workspaces a user may want running at once" },
+                    "max_cpus": { "type": "number", "exclusiveMinimum": 0, "description": "CPUs per workspace" },
+                    "max_memory": size } },
                 "SetGitToken": { "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": { "type": "string" }, "username": { "type": "string" } } },
                 "Share": { "type": "object", "required": ["share"], "properties": { "share": { "enum": ["owner", "authenticated", "public"] } } },
                 "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },

@@ -209,3 +209,13 @@ pub struct CreateToken {
     /// Default `write`.
     pub scope: Option<TokenScope>,
 }
+
+/// `PUT /api/v1/admin/quotas`: every limit at once; one left out is no limit.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuotas {
+    pub max_workspaces: Option<u32>,
+    pub max_running: Option<u32>,
+    pub max_cpus: Option<f64>,
+    pub max_memory: Option<Size>,
+}

@@ -303,3 +303,70 @@ async fn an_expired_token_is_refused_as_expired() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(message(&v).starts_with("invalid API token"), "{v}");
 }
+
+#[tokio::test]
+async fn quotas_are_set_by_admins_and_enforced() {
+    let api = api().await;
+    let root = admin_user(&api).await;
+    let admin = token(&api, &root, TokenScope::Admin, None).await;
+    let (s, v) = api.call("GET", "/api/v1/admin/quotas", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a member: {v}");
+    let (s, _) = api.call("PUT", "/api/v1/admin/quotas", Some(json!({"max_running": 0}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, v) = api.call_as(&admin, "GET", "/api/v1/admin/quotas", None).await;
+    assert_eq!(v, json!({"max_workspaces": null, "max_running": null, "max_cpus": null, "max_memory_bytes": null}));
+    for (bad, fragment) in [
+        (json!({"max_cpus": 0}), "max_cpus"),
+        (json!({"max_memory": "lots"}), "max_memory"),
+        (json!({"max_running": -1}), ""),
+        (json!({"max_pods": 1}), ""),
+    ] {
+        let (s, v) = api.call_as(&admin, "PUT", "/api/v1/admin/quotas", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(message(&v).contains(fragment), "{v}");
+    }
+    let set = json!({"max_workspaces": 2, "max_running": 1, "max_cpus": 2, "max_memory": "4g"});
+    let (s, v) = api.call_as(&admin, "PUT", "/api/v1/admin/quotas", Some(set)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"max_workspaces": 2, "max_running": 1, "max_cpus": 2.0, "max_memory_bytes": 4u64 << 30}));
+    assert_eq!(api.call_as(&admin, "GET", "/api/v1/admin/quotas", None).await.1, v);
+
+    let create = |body: Value| api.call("POST", "/api/v1/workspaces", Some(body));
+    let (s, v) = create(json!({"name": "big", "cpus": 4})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("quota of 2 CPUs"), "{v}");
+    let (s, v) = create(json!({"name": "big", "memory": "8g"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("quota of 4"), "{v}");
+    assert_eq!(create(json!({"name": "one"})).await.0, StatusCode::CREATED);
+    let (s, v) = create(json!({"name": "two"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        message(&v).contains("you have 1 of 1 running workspaces") && message(&v).contains("stop one first"),
+        "{v}"
+    );
+    assert_eq!(create(json!({"name": "two", "start": false})).await.0, StatusCode::CREATED);
+    let (s, v) = create(json!({"name": "three", "start": false})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("you have 2 of 2 workspaces"), "{v}");
+
+    // Patches: starting a second one, or growing one past the limits, is refused.
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/two", Some(json!({"desired_state": "Running"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("1 of 1 running"), "{v}");
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/one", Some(json!({"cpus": 3}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (_, v) = api.call("GET", "/api/v1/workspaces/two", None).await;
+    assert_eq!((v["desired_state"].as_str(), v["generation"].as_i64()), (Some("Stopped"), Some(1)), "unchanged");
+    // The running one may restart; after a stop the other may start.
+    let (s, v) = api.call("PATCH", "/api/v1/workspaces/one", Some(json!({"desired_state": "RestartRequested"}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        api.call("PATCH", "/api/v1/workspaces/one", Some(json!({"desired_state": "Stopped"}))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("PATCH", "/api/v1/workspaces/two", Some(json!({"desired_state": "Running"}))).await.0,
+        StatusCode::OK
+    );
+}

@@ -90,6 +90,18 @@ pub struct WorkspacePatch {
     pub idle_timeout_seconds: Option<u32>,
 }
 
+/// Limits the admin sets for every user; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quotas {
+    /// Workspaces a user may have (any state but being deleted).
+    pub max_workspaces: Option<u32>,
+    /// Workspaces a user may want running at once.
+    pub max_running: Option<u32>,
+    /// CPUs per workspace, in thousandths.
+    pub max_cpus_milli: Option<u32>,
+    pub max_memory_bytes: Option<u64>,
+}
+
 /// A user's Git token for one host, as stored: encrypted (the store never sees the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitToken {
@@ -105,6 +117,11 @@ pub struct GitToken {
 pub trait Store: Send + Sync + 'static {
     /// This control plane's id, made on first use and kept; it labels every engine object.
     async fn instance_id(&self) -> Result<String>;
+
+    /// The instance's quotas; all `None` until an admin sets some.
+    async fn quota_get(&self) -> Result<Quotas>;
+    /// Replaces every quota at once (`None` removes that limit).
+    async fn quota_set(&self, quotas: Quotas) -> Result<()>;
 
     async fn user_count(&self) -> Result<u64>;
     /// `Conflict` when the name is taken.

@@ -18,13 +18,18 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteExecutor};
 
-use crate::{GitToken, Handoff, NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
+use crate::{GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, WorkspacePatch};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `last_used_at` is for a person deciding which tokens to revoke; a minute's precision
 /// serves them and spares a write on every request.
 const LAST_USED_PRECISION_MS: i64 = 60_000;
+
+const QUOTA_WORKSPACES: &str = "quota.max_workspaces";
+const QUOTA_RUNNING: &str = "quota.max_running";
+const QUOTA_CPUS_MILLI: &str = "quota.max_cpus_milli";
+const QUOTA_MEMORY_BYTES: &str = "quota.max_memory_bytes";
 
 const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at";
 
@@ -77,6 +82,49 @@ impl Store for SqliteStore {
         let id =
             sqlx::query_scalar("SELECT value FROM settings WHERE key = 'instance_id'").fetch_one(&self.pool).await?;
         Ok(id)
+    }
+
+    async fn quota_get(&self) -> Result<Quotas> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM settings WHERE key LIKE 'quota.%'").fetch_all(&self.pool).await?;
+        let mut quotas = Quotas::default();
+        for (key, value) in rows {
+            let bad = || StoreError::Corrupt(format!("setting {key} = {value:?} is not a number"));
+            match key.as_str() {
+                QUOTA_WORKSPACES => quotas.max_workspaces = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_RUNNING => quotas.max_running = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_CPUS_MILLI => quotas.max_cpus_milli = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_MEMORY_BYTES => quotas.max_memory_bytes = Some(value.parse().map_err(|_| bad())?),
+                _ => {}
+            }
+        }
+        Ok(quotas)
+    }
+
+    async fn quota_set(&self, quotas: Quotas) -> Result<()> {
+        let values = [
+            (QUOTA_WORKSPACES, quotas.max_workspaces.map(u64::from)),
+            (QUOTA_RUNNING, quotas.max_running.map(u64::from)),
+            (QUOTA_CPUS_MILLI, quotas.max_cpus_milli.map(u64::from)),
+            (QUOTA_MEMORY_BYTES, quotas.max_memory_bytes),
+        ];
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in values {
+            match value {
+                Some(v) => {
+                    sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                        .bind(key)
+                        .bind(v.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn user_count(&self) -> Result<u64> {

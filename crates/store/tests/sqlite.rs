@@ -554,3 +554,20 @@ async fn git_tokens_per_user_and_host() {
     assert!(matches!(f.store.git_token_delete(ada.id, "github.com").await, Err(StoreError::NotFound)));
     assert_eq!(f.store.git_token_get(bob.id, "github.com").await.unwrap().unwrap().ciphertext, b"bob's");
 }
+
+#[tokio::test]
+async fn quotas_are_kept_and_cleared() {
+    let f = Fixture::new().await;
+    assert_eq!(f.store.quota_get().await.unwrap(), cove_store::Quotas::default());
+    let set = cove_store::Quotas {
+        max_workspaces: Some(3),
+        max_running: Some(0),
+        max_cpus_milli: Some(1500),
+        max_memory_bytes: Some(8 << 30),
+    };
+    f.store.quota_set(set).await.unwrap();
+    assert_eq!(f.store.quota_get().await.unwrap(), set);
+    let fewer = cove_store::Quotas { max_running: Some(2), ..Default::default() };
+    f.store.quota_set(fewer).await.unwrap();
+    assert_eq!(f.store.quota_get().await.unwrap(), fewer);
+}
