@@ -584,6 +584,18 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
 pub enum AdminCommand {
     /// Show the quotas, or change the ones given (`none` removes a limit).
     Quotas(QuotasArgs),
+    /// The audit log of state-changing requests, oldest first.
+    Audit {
+        /// Only entries at or after this time (RFC 3339, such as 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest N entries (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// JSON lines, one entry each (the export format).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -629,7 +641,47 @@ impl std::str::FromStr for Limit {
 }
 
 pub async fn admin(client: &Client, command: AdminCommand) -> anyhow::Result<ExitCode> {
-    let AdminCommand::Quotas(args) = command;
+    match command {
+        AdminCommand::Quotas(args) => quotas(client, args).await,
+        AdminCommand::Audit { since, limit, json } => audit(client, since, limit, json).await,
+    }
+}
+
+async fn audit(client: &Client, since: Option<String>, limit: Option<u32>, json: bool) -> anyhow::Result<ExitCode> {
+    let mut query = vec![];
+    if let Some(since) = since {
+        query.push(format!("since={}", percent_encode(&since)));
+    }
+    if let Some(limit) = limit {
+        query.push(format!("limit={limit}"));
+    }
+    let path = format!("/api/v1/admin/audit?{}", query.join("&"));
+    let entries: Vec<Value> = client.get(&path).await?;
+    if json {
+        for entry in &entries {
+            println!("{}", serde_json::to_string(entry)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["at"]),
+                text(&e["actor_name"]),
+                text(&e["action"]),
+                text(&e["target"]),
+                text(&e["outcome"]),
+                text(&e["peer"]),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["AT", "WHO", "ACTION", "TARGET", "OUTCOME", "FROM"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn quotas(client: &Client, args: QuotasArgs) -> anyhow::Result<ExitCode> {
     let mut quotas: Value = client.get("/api/v1/admin/quotas").await?;
     let changes =
         [("max_workspaces", args.max_workspaces), ("max_running", args.max_running), ("max_cpus", args.max_cpus)];

@@ -39,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/handoff-key", get(handoff_key))
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/admin/audit", get(audit_list))
+        .route("/api/v1/admin/audit.jsonl", get(audit_export))
         .route("/api/v1/admin/quotas", get(get_quotas).put(set_quotas))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(delete_token))
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Pushes stream archives of any size (checked as they are read): no body limit.
         .merge(crate::files::router().layer(DefaultBodyLimit::disable()))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .with_state(state)
 }
 
@@ -119,9 +122,19 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 
 async fn login(
     State(state): State<AppState>,
+    audit: Option<axum::Extension<crate::audit::AuditSlot>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Some(user) = auth::check_password(state.store.as_ref(), &body.username, body.password).await? else {
+    let user = auth::check_password(state.store.as_ref(), &body.username, body.password).await?;
+    if let Some(axum::Extension(slot)) = &audit {
+        // Only a well-formed name is recorded: a password typed into the name field is not.
+        match (&user, Name::parse(&body.username)) {
+            (Some(user), _) => slot.set(Some(user.id), user.name.as_str()),
+            (None, Ok(name)) => slot.set(None, name.as_str()),
+            (None, Err(_)) => {}
+        }
+    }
+    let Some(user) = user else {
         return Err(ApiError::Unauthenticated("invalid username or password".into()));
     };
     let token_name = body.token_name.unwrap_or_else(|| "cli".into());
@@ -162,6 +175,51 @@ async fn create_user(
     let user =
         state.store.user_create(NewUser { name, role: body.role.unwrap_or(Role::Member), password_hash }).await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<chrono::DateTime<Utc>>,
+    limit: Option<u32>,
+}
+
+const AUDIT_DEFAULT_LIMIT: u32 = 100;
+const AUDIT_MAX_LIMIT: u32 = 10_000;
+
+async fn audit_entries(state: &AppState, q: AuditQuery) -> Result<Vec<cove_store::AuditEntry>, ApiError> {
+    let limit = q.limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
+    if limit == 0 || limit > AUDIT_MAX_LIMIT {
+        return Err(ApiError::InvalidRequest(format!("limit must be from 1 to {AUDIT_MAX_LIMIT}")));
+    }
+    Ok(state.store.audit_list(q.since, limit).await?)
+}
+
+/// The newest entries (`?limit=`, default 100) from `?since=` (RFC 3339), oldest first.
+async fn audit_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<cove_store::AuditEntry>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(audit_entries(&state, query(q)?).await?))
+}
+
+/// The same as JSON lines, for log pipelines; up to 10000 entries unless `?limit=`.
+async fn audit_export(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let mut q = query(q)?;
+    q.limit = Some(q.limit.unwrap_or(AUDIT_MAX_LIMIT));
+    let mut body = Vec::new();
+    for entry in audit_entries(&state, q).await? {
+        serde_json::to_writer(&mut body, &entry).map_err(|e| ApiError::internal("audit export", e))?;
+        body.push(b'\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
 }
 
 async fn get_quotas(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {

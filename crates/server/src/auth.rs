@@ -143,6 +143,9 @@ impl FromRequestParts<AppState> for Caller {
         };
         // A token never outranks its user: an admin made a member loses admin at once.
         let scope = token.scope.min(TokenScope::widest_for(user.role));
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set(Some(user.id), user.name.as_str());
+        }
         let access = Access { scope, role: user.role };
         check_scope(scope, &parts.method, parts.uri.path())?;
         if scope < TokenScope::Admin {

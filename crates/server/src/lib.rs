@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod error;

@@ -12,6 +12,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/me/handoff-key"),
     ("get", "/api/v1/status"),
     ("post", "/api/v1/users"),
+    ("get", "/api/v1/admin/audit"),
+    ("get", "/api/v1/admin/audit.jsonl"),
     ("get", "/api/v1/admin/quotas"),
     ("put", "/api/v1/admin/quotas"),
     ("get", "/api/v1/tokens"),
@@ -51,6 +53,14 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
         ),
         ("get", "/api/v1/status") => ("Instance, engine and reconciler status", None, "status"),
         ("post", "/api/v1/users") => ("Create a user (admins only)", Some("CreateUser"), "the user"),
+        ("get", "/api/v1/admin/audit") => (
+            "The audit log of state-changing requests (admins only): `?since=<RFC 3339>&limit=N` (default 100), oldest first",
+            None,
+            "entries: id, at, actor_id, actor_name, action, target, outcome, peer",
+        ),
+        ("get", "/api/v1/admin/audit.jsonl") => {
+            ("The audit log as JSON lines (admins only), same query", None, "application/jsonl")
+        }
         ("get", "/api/v1/admin/quotas") => ("The per-user and per-workspace quotas (admins only)", None, "quotas"),
         ("put", "/api/v1/admin/quotas") => (
             "Replace the quotas (admins only); a limit left out is no limit",

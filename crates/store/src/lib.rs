@@ -90,6 +90,25 @@ pub struct WorkspacePatch {
     pub idle_timeout_seconds: Option<u32>,
 }
 
+/// One state-changing request, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// Increasing; set by the store (ignored by `audit_record`).
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who, when known (a failed login knows only the name tried).
+    pub actor_id: Option<UserId>,
+    pub actor_name: Option<String>,
+    /// The route, such as `POST /api/v1/workspaces/{ws}/exec`.
+    pub action: String,
+    /// The path it was applied to, such as `/api/v1/workspaces/api/exec`.
+    pub target: String,
+    /// The HTTP status and, for refusals, the error code (`201`, `403 forbidden`).
+    pub outcome: String,
+    /// The client's address.
+    pub peer: Option<String>,
+}
+
 /// Limits the admin sets for every user; `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quotas {
@@ -117,6 +136,11 @@ pub struct GitToken {
 pub trait Store: Send + Sync + 'static {
     /// This control plane's id, made on first use and kept; it labels every engine object.
     async fn instance_id(&self) -> Result<String>;
+
+    /// Appends to the audit log; the store sets the id.
+    async fn audit_record(&self, entry: AuditEntry) -> Result<()>;
+    /// The newest `limit` entries at or after `since`, oldest first.
+    async fn audit_list(&self, since: Option<DateTime<Utc>>, limit: u32) -> Result<Vec<AuditEntry>>;
 
     /// The instance's quotas; all `None` until an admin sets some.
     async fn quota_get(&self) -> Result<Quotas>;

@@ -18,7 +18,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteExecutor};
 
-use crate::{GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, WorkspacePatch};
+use crate::{
+    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, WorkspacePatch,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -82,6 +84,54 @@ impl Store for SqliteStore {
         let id =
             sqlx::query_scalar("SELECT value FROM settings WHERE key = 'instance_id'").fetch_one(&self.pool).await?;
         Ok(id)
+    }
+
+    async fn audit_record(&self, entry: AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor_id, actor_name, action, target, outcome, peer) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(entry.at.timestamp_millis())
+        .bind(entry.actor_id.map(|id| id.to_string()))
+        .bind(&entry.actor_name)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.outcome)
+        .bind(&entry.peer)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_list(&self, since: Option<DateTime<Utc>>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor_id, actor_name, action, target, outcome, peer FROM audit_log \
+             WHERE at >= ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(since.map_or(i64::MIN, |t| t.timestamp_millis()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = rows
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: time(row, "at")?,
+                    actor_id: row
+                        .try_get::<Option<String>, _>("actor_id")?
+                        .map(|id| id.parse().map_err(|e| StoreError::Corrupt(format!("audit actor_id: {e}"))))
+                        .transpose()?,
+                    actor_name: row.try_get("actor_name")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    peer: row.try_get("peer")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
     }
 
     async fn quota_get(&self) -> Result<Quotas> {

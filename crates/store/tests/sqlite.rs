@@ -571,3 +571,29 @@ async fn quotas_are_kept_and_cleared() {
     f.store.quota_set(fewer).await.unwrap();
     assert_eq!(f.store.quota_get().await.unwrap(), fewer);
 }
+
+#[tokio::test]
+async fn audit_lists_the_newest_oldest_first() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let t0 = Utc::now().trunc_subsecs(3);
+    for i in 0..5 {
+        let entry = cove_store::AuditEntry {
+            id: 0,
+            at: t0 + Duration::seconds(i),
+            actor_id: (i % 2 == 0).then_some(ada.id),
+            actor_name: Some("ada".into()),
+            action: format!("POST /a{i}"),
+            target: "/t".into(),
+            outcome: "201".into(),
+            peer: Some("127.0.0.1:1".into()),
+        };
+        f.store.audit_record(entry).await.unwrap();
+    }
+    let actions = |list: Vec<cove_store::AuditEntry>| list.into_iter().map(|e| e.action).collect::<Vec<_>>();
+    assert_eq!(actions(f.store.audit_list(None, 2).await.unwrap()), ["POST /a3", "POST /a4"]);
+    let since = f.store.audit_list(Some(t0 + Duration::seconds(2)), 100).await.unwrap();
+    assert_eq!(since[0].actor_id, Some(ada.id));
+    assert_eq!(since[0].at, t0 + Duration::seconds(2));
+    assert_eq!(actions(since), ["POST /a2", "POST /a3", "POST /a4"]);
+}
