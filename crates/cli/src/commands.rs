@@ -727,23 +727,45 @@ pub enum UsersCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Disable a user: no login, and their tokens stop working at once.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// Set a user's password; the new one is read from standard input.
+    ResetPassword { name: String },
 }
 
 pub async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<ExitCode> {
-    let UsersCommand::Create { name, admin } = command;
-    let password = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("password for {name}: "))?
-    } else {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        first_line(&text)
+    let (name, body) = match command {
+        UsersCommand::Create { name, admin } => {
+            let password = read_password(&name)?;
+            let role = if admin { "admin" } else { "member" };
+            let body = json!({ "username": name, "password": password, "role": role });
+            let user: UserView = client.json(Method::POST, "/api/v1/users", Some(&body)).await?;
+            eprintln!("user {} created ({})", user.name, user.role);
+            return Ok(ExitCode::SUCCESS);
+        }
+        UsersCommand::Disable { name } => (name, json!({ "disabled": true })),
+        UsersCommand::Enable { name } => (name, json!({ "disabled": false })),
+        UsersCommand::ResetPassword { name } => {
+            let password = read_password(&name)?;
+            (name, json!({ "password": password }))
+        }
     };
-    let role = if admin { "admin" } else { "member" };
-    let user: UserView = client
-        .json(Method::POST, "/api/v1/users", Some(&json!({ "username": name, "password": password, "role": role })))
-        .await?;
-    eprintln!("user {} created ({})", user.name, user.role);
+    let path = format!("/api/v1/users/{}", percent_encode(&name));
+    let user: UserView = client.json(Method::PATCH, &path, Some(&body)).await?;
+    let state = if user.disabled { "disabled" } else { "enabled" };
+    eprintln!("user {} changed ({state})", user.name);
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(name: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(format!("password for {name}: "))?);
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(first_line(&text))
 }
 
 pub async fn status(client: &Client) -> anyhow::Result<ExitCode> {

@@ -95,6 +95,9 @@ pub struct User {
     pub name: Name,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Set by an admin: no login, no token works.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// API tokens carry 256 random bits, so a plain SHA-256 is enough to store them:

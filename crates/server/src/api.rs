@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/handoff-key", get(handoff_key))
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/users/{id}", axum::routing::patch(patch_user))
         .route("/api/v1/admin/audit", get(audit_list))
         .route("/api/v1/admin/audit.jsonl", get(audit_export))
         .route("/api/v1/admin/quotas", get(get_quotas).put(set_quotas))
@@ -264,6 +265,55 @@ async fn set_quotas(
     state.store.quota_set(quotas).await?;
     tracing::info!(admin = %caller.0.name, ?quotas, "quotas set");
     Ok(Json(crate::quotas::view(&quotas)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchUser {
+    disabled: Option<bool>,
+    password: Option<String>,
+}
+
+/// Admins disable or enable a user (their tokens stop or start working at once) or set a
+/// new password. `{id}` is the user's id or name.
+async fn patch_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<PatchUser>,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require_admin()?;
+    let not_found = || ApiError::NotFound(format!("user {key} not found"));
+    let user = if let Ok(id) = key.parse::<cove_core::UserId>() {
+        match state.store.user_get(id).await {
+            Err(cove_store::StoreError::NotFound) => return Err(not_found()),
+            other => other?,
+        }
+    } else {
+        let name = Name::parse(&key).map_err(|_| not_found())?;
+        state.store.user_get_by_name_with_password(&name).await?.ok_or_else(not_found)?.0
+    };
+    if body.disabled.is_none() && body.password.is_none() {
+        return Err(ApiError::InvalidRequest("nothing to change; give disabled or password".into()));
+    }
+    if body.disabled == Some(true) && user.id == caller.0.id {
+        return Err(ApiError::Conflict("you cannot disable yourself; ask another admin".into()));
+    }
+    let password_hash = match body.password {
+        Some(p) if p.chars().count() < 12 => {
+            return Err(ApiError::InvalidRequest("password must be at least 12 characters".into()))
+        }
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || auth::hash_password(&p))
+                .await
+                .map_err(|e| ApiError::internal("password hash", e))??,
+        ),
+        None => None,
+    };
+    let patch = cove_store::UserPatch { disabled: body.disabled, password_hash };
+    let user = state.store.user_patch(user.id, patch).await?;
+    tracing::info!(admin = %caller.0.name, user = %user.name, disabled = user.disabled, "user changed");
+    Ok(Json(UserView::from(&user)))
 }
 
 async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {

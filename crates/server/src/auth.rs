@@ -101,7 +101,8 @@ pub async fn check_password(store: &dyn Store, username: &str, password: String)
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
         .await
         .map_err(|e| ApiError::internal("password check", e))?;
-    Ok(found.filter(|_| ok).map(|(user, _)| user))
+    // A disabled user is refused like a wrong password: nothing tells the account exists.
+    Ok(found.filter(|(user, _)| ok && !user.disabled).map(|(user, _)| user))
 }
 
 /// The authenticated caller of an API route, as far as its token lets it act: with a

@@ -12,6 +12,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/me/handoff-key"),
     ("get", "/api/v1/status"),
     ("post", "/api/v1/users"),
+    ("patch", "/api/v1/users/{id}"),
     ("get", "/api/v1/admin/audit"),
     ("get", "/api/v1/admin/audit.jsonl"),
     ("get", "/api/v1/admin/quotas"),
@@ -66,6 +67,11 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             "Replace the quotas (admins only); a limit left out is no limit",
             Some("SetQuotas"),
             "the quotas",
+        ),
+        ("patch", "/api/v1/users/{id}") => (
+            "Disable or enable a user, or set their password (admins only); `{id}` is an id or a name",
+            Some("PatchUser"),
+            "the user",
         ),
         ("get", "/api/v1/tokens") => ("The caller's API tokens (never their secrets)", None, "tokens"),
         ("post", "/api/v1/tokens") => {
@@ -186,6 +192,7 @@ pub fn document() -> Value {
                 "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
                     "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
                     "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_seconds": { "type": "integer" } } },
+                "PatchUser": { "type": "object", "additionalProperties": false, "properties": { "disabled": { "type": "boolean" }, "password": { "type": "string", "minLength": 12 } } },
                 "SetQuotas": { "type": "object", "additionalProperties": false, "properties": {
                     "max_workspaces": { "type": "integer", "minimum": 0, "description": "workspaces per user" },
                     "max_running": { "type": "integer", "minimum": 0, "description": "workspaces a user may want running at once" },

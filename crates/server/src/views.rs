@@ -91,11 +91,19 @@ pub struct UserView {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl From<&User> for UserView {
     fn from(u: &User) -> Self {
-        Self { id: u.id.to_string(), name: u.name.to_string(), role: u.role, created_at: u.created_at }
+        Self {
+            id: u.id.to_string(),
+            name: u.name.to_string(),
+            role: u.role,
+            created_at: u.created_at,
+            disabled: u.disabled,
+        }
     }
 }
 

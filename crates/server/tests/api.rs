@@ -449,3 +449,33 @@ async fn state_changing_requests_are_audited_without_secrets() {
         }
     }
 }
+
+#[tokio::test]
+async fn admins_disable_enable_and_reset_users() {
+    let api = api().await;
+    let root = admin_user(&api).await;
+    let admin = token(&api, &root, TokenScope::Admin, None).await;
+    let (s, v) = api.call("PATCH", "/api/v1/users/alice", Some(json!({"disabled": true}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a member: {v}");
+    let (s, v) = api.call_as(&admin, "PATCH", "/api/v1/users/root", Some(json!({"disabled": true}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = api.call_as(&admin, "PATCH", "/api/v1/users/nobody", Some(json!({"disabled": true}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = api.call_as(&admin, "PATCH", "/api/v1/users/alice", Some(json!({"password": "short"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let (s, v) = api.call_as(&admin, "PATCH", "/api/v1/users/alice", Some(json!({"disabled": true}))).await;
+    assert_eq!((s, v["disabled"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    assert_eq!(api.call("GET", "/api/v1/me", None).await.0, StatusCode::UNAUTHORIZED, "her token stops at once");
+    let login = |password: &str| json!({"username": "alice", "password": password});
+    assert_eq!(api.call_as("", "POST", "/api/v1/auth/login", Some(login("pw"))).await.0, StatusCode::UNAUTHORIZED);
+
+    let by_id = format!("/api/v1/users/{}", api.alice.id);
+    let body = json!({"disabled": false, "password": "a brand new password"});
+    let (s, v) = api.call_as(&admin, "PATCH", &by_id, Some(body)).await;
+    assert_eq!((s, v["disabled"].as_bool()), (StatusCode::OK, Some(false)), "{v}");
+    assert_eq!(api.call("GET", "/api/v1/me", None).await.0, StatusCode::OK);
+    assert_eq!(api.call_as("", "POST", "/api/v1/auth/login", Some(login("pw"))).await.0, StatusCode::UNAUTHORIZED);
+    let (s, v) = api.call_as("", "POST", "/api/v1/auth/login", Some(login("a brand new password"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}

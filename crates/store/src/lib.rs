@@ -41,6 +41,14 @@ pub struct NewUser {
     pub password_hash: String,
 }
 
+/// An admin's change to a user; `None` fields are left as they are.
+#[derive(Default)]
+pub struct UserPatch {
+    pub disabled: Option<bool>,
+    /// A new argon2id PHC string.
+    pub password_hash: Option<String>,
+}
+
 pub struct NewToken {
     pub user: UserId,
     pub name: String,
@@ -151,12 +159,15 @@ pub trait Store: Send + Sync + 'static {
     /// `Conflict` when the name is taken.
     async fn user_create(&self, new: NewUser) -> Result<User>;
     async fn user_get(&self, id: UserId) -> Result<User>;
+    /// `NotFound` for an unknown id.
+    async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User>;
     /// The user and their password hash.
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>>;
 
     /// `NotFound` when the user does not exist.
     async fn token_create(&self, new: NewToken) -> Result<ApiToken>;
-    /// The token and its user, unless unknown or expired at `now` (`expires_at <= now`).
+    /// The token and its user, unless unknown, expired at `now` (`expires_at <= now`) or
+    /// its user is disabled.
     /// Records the use in `last_used_at`, to the minute.
     async fn token_authenticate(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<(ApiToken, User)>>;
     /// Whether this is a known token that has expired at `now`: to tell the caller why

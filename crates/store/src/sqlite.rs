@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, WorkspacePatch,
+    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, UserPatch,
+    WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -33,7 +34,7 @@ const QUOTA_RUNNING: &str = "quota.max_running";
 const QUOTA_CPUS_MILLI: &str = "quota.max_cpus_milli";
 const QUOTA_MEMORY_BYTES: &str = "quota.max_memory_bytes";
 
-const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at";
+const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at, u.disabled AS user_disabled";
 
 const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, t.scope AS token_scope, \
      t.created_at AS token_created_at, t.expires_at, t.last_used_at";
@@ -184,7 +185,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_create(&self, new: NewUser) -> Result<User> {
-        let user = User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now() };
+        let user =
+            User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now(), disabled: false };
         sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(user.id.to_string())
             .bind(user.name.as_str())
@@ -206,6 +208,32 @@ impl Store for SqliteStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         user_from_row(&row)
+    }
+
+    async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(disabled) = patch.disabled {
+            sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
+                .bind(i64::from(disabled))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(hash) = &patch.password_hash {
+            sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+                .bind(hash)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>> {
@@ -248,7 +276,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, {USER_COLUMNS} \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.token_hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?)"
+             WHERE t.token_hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?) AND u.disabled = 0"
         );
         let Some(row) = sqlx::query(&sql).bind(token_hash).bind(now_ms).fetch_optional(&self.pool).await? else {
             return Ok(None);
@@ -678,6 +706,7 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         name: text(row, "user_name", Name::parse)?,
         role: text(row, "user_role", str::parse)?,
         created_at: time(row, "user_created_at")?,
+        disabled: row.try_get::<i64, _>("user_disabled")? != 0,
     })
 }
 

@@ -597,3 +597,28 @@ async fn audit_lists_the_newest_oldest_first() {
     assert_eq!(since[0].at, t0 + Duration::seconds(2));
     assert_eq!(actions(since), ["POST /a2", "POST /a3", "POST /a4"]);
 }
+
+#[tokio::test]
+async fn a_disabled_user_authenticates_no_token() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "t".into(),
+        token_hash: cove_core::hash_token("s"),
+        expires_at: None,
+    };
+    f.store.token_create(new).await.unwrap();
+    let hash = cove_core::hash_token("s");
+    let off = f.store.user_patch(ada.id, cove_store::UserPatch { disabled: Some(true), ..Default::default() }).await;
+    assert!(off.unwrap().disabled);
+    assert!(f.store.token_authenticate(&hash, Utc::now()).await.unwrap().is_none());
+    let patch = cove_store::UserPatch { disabled: Some(false), password_hash: Some("new-hash".into()) };
+    assert!(!f.store.user_patch(ada.id, patch).await.unwrap().disabled);
+    assert!(f.store.token_authenticate(&hash, Utc::now()).await.unwrap().is_some());
+    let (_, stored) = f.store.user_get_by_name_with_password(&ada.name).await.unwrap().unwrap();
+    assert_eq!(stored, "new-hash");
+    let missing = f.store.user_patch(cove_core::UserId::new_random(), cove_store::UserPatch::default()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+}
