@@ -518,6 +518,10 @@ pub enum TokensCommand {
         name: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// read: only look; write (default): also change your workspaces, apps and tokens;
+        /// admin: everything (admins only).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        scope: Option<String>,
     },
     Ls {
         #[arg(long)]
@@ -530,12 +534,12 @@ pub enum TokensCommand {
 
 pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokensCommand::Create { name, expires_in_days } => {
+        TokensCommand::Create { name, expires_in_days, scope } => {
             let answer: Value = client
                 .json(
                     Method::POST,
                     "/api/v1/tokens",
-                    Some(&json!({ "name": name, "expires_in_days": expires_in_days })),
+                    Some(&json!({ "name": name, "expires_in_days": expires_in_days, "scope": scope })),
                 )
                 .await?;
             println!("{}", answer["token"].as_str().unwrap_or_default());
@@ -553,12 +557,20 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
                         vec![
                             t.id.clone(),
                             t.name.clone(),
+                            t.scope.to_string(),
                             age(t.created_at, now),
-                            t.expires_at.map_or("never".into(), |e| e.format("%Y-%m-%d").to_string()),
+                            t.expires_at.map_or("never".into(), |e| {
+                                let day = e.format("%Y-%m-%d").to_string();
+                                if e <= now {
+                                    format!("{day} (expired)")
+                                } else {
+                                    day
+                                }
+                            }),
                         ]
                     })
                     .collect();
-                println!("{}", table(&["ID", "NAME", "AGE", "EXPIRES"], &rows));
+                println!("{}", table(&["ID", "NAME", "SCOPE", "AGE", "EXPIRES"], &rows));
             }
         }
         TokensCommand::Revoke { id } => {
@@ -570,6 +582,145 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
 }
 
 #[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Show the quotas, or change the ones given (`none` removes a limit).
+    Quotas(QuotasArgs),
+    /// The audit log of state-changing requests, oldest first.
+    Audit {
+        /// Only entries at or after this time (RFC 3339, such as 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest N entries (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// JSON lines, one entry each (the export format).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct QuotasArgs {
+    /// Workspaces each user may have.
+    #[arg(long)]
+    max_workspaces: Option<Limit>,
+    /// Workspaces each user may have running at once.
+    #[arg(long)]
+    max_running: Option<Limit>,
+    /// CPUs per workspace (such as 4 or 0.5).
+    #[arg(long)]
+    max_cpus: Option<Limit>,
+    /// Memory per workspace (such as 8g).
+    #[arg(long)]
+    max_memory: Option<Limit>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A quota on the command line: a value, or `none` for no limit.
+#[derive(Clone, Debug)]
+enum Limit {
+    None,
+    Value(Value),
+}
+
+impl std::str::FromStr for Limit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Limit::None);
+        }
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Limit::Value(json!(n)));
+        }
+        if let Ok(x) = s.parse::<f64>() {
+            return Ok(Limit::Value(json!(x)));
+        }
+        // Sizes such as 8g; the server says if it is not one.
+        Ok(Limit::Value(json!(s)))
+    }
+}
+
+pub async fn admin(client: &Client, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AdminCommand::Quotas(args) => quotas(client, args).await,
+        AdminCommand::Audit { since, limit, json } => audit(client, since, limit, json).await,
+    }
+}
+
+async fn audit(client: &Client, since: Option<String>, limit: Option<u32>, json: bool) -> anyhow::Result<ExitCode> {
+    let mut query = vec![];
+    if let Some(since) = since {
+        query.push(format!("since={}", percent_encode(&since)));
+    }
+    if let Some(limit) = limit {
+        query.push(format!("limit={limit}"));
+    }
+    let path = format!("/api/v1/admin/audit?{}", query.join("&"));
+    let entries: Vec<Value> = client.get(&path).await?;
+    if json {
+        for entry in &entries {
+            println!("{}", serde_json::to_string(entry)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["at"]),
+                text(&e["actor_name"]),
+                text(&e["action"]),
+                text(&e["target"]),
+                text(&e["outcome"]),
+                text(&e["peer"]),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["AT", "WHO", "ACTION", "TARGET", "OUTCOME", "FROM"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn quotas(client: &Client, args: QuotasArgs) -> anyhow::Result<ExitCode> {
+    let mut quotas: Value = client.get("/api/v1/admin/quotas").await?;
+    let changes =
+        [("max_workspaces", args.max_workspaces), ("max_running", args.max_running), ("max_cpus", args.max_cpus)];
+    let changed = changes.iter().any(|(_, c)| c.is_some()) || args.max_memory.is_some();
+    if changed {
+        // PUT replaces all quotas: send the current ones with the changes on top.
+        let mut body = json!({
+            "max_workspaces": quotas["max_workspaces"],
+            "max_running": quotas["max_running"],
+            "max_cpus": quotas["max_cpus"],
+            "max_memory": quotas["max_memory_bytes"],
+        });
+        let memory = args.max_memory.map(|m| ("max_memory", m));
+        for (key, change) in changes.into_iter().filter_map(|(k, c)| c.map(|c| (k, c))).chain(memory) {
+            body[key] = match change {
+                Limit::None => Value::Null,
+                Limit::Value(v) => v,
+            };
+        }
+        quotas = client.json(Method::PUT, "/api/v1/admin/quotas", Some(&body)).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&quotas)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
+    let memory = quotas["max_memory_bytes"].as_u64().map_or("none".into(), format_size);
+    let rows = vec![
+        vec!["workspaces per user".into(), show(&quotas["max_workspaces"])],
+        vec!["running workspaces per user".into(), show(&quotas["max_running"])],
+        vec!["CPUs per workspace".into(), show(&quotas["max_cpus"])],
+        vec!["memory per workspace".into(), memory],
+    ];
+    println!("{}", table(&["QUOTA", "LIMIT"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
 pub enum UsersCommand {
     /// Create a user; the password is read from standard input.
     Create {
@@ -577,23 +728,45 @@ pub enum UsersCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Disable a user: no login, and their tokens stop working at once.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// Set a user's password; the new one is read from standard input.
+    ResetPassword { name: String },
 }
 
 pub async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<ExitCode> {
-    let UsersCommand::Create { name, admin } = command;
-    let password = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("password for {name}: "))?
-    } else {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        first_line(&text)
+    let (name, body) = match command {
+        UsersCommand::Create { name, admin } => {
+            let password = read_password(&name)?;
+            let role = if admin { "admin" } else { "member" };
+            let body = json!({ "username": name, "password": password, "role": role });
+            let user: UserView = client.json(Method::POST, "/api/v1/users", Some(&body)).await?;
+            eprintln!("user {} created ({})", user.name, user.role);
+            return Ok(ExitCode::SUCCESS);
+        }
+        UsersCommand::Disable { name } => (name, json!({ "disabled": true })),
+        UsersCommand::Enable { name } => (name, json!({ "disabled": false })),
+        UsersCommand::ResetPassword { name } => {
+            let password = read_password(&name)?;
+            (name, json!({ "password": password }))
+        }
     };
-    let role = if admin { "admin" } else { "member" };
-    let user: UserView = client
-        .json(Method::POST, "/api/v1/users", Some(&json!({ "username": name, "password": password, "role": role })))
-        .await?;
-    eprintln!("user {} created ({})", user.name, user.role);
+    let path = format!("/api/v1/users/{}", percent_encode(&name));
+    let user: UserView = client.json(Method::PATCH, &path, Some(&body)).await?;
+    let state = if user.disabled { "disabled" } else { "enabled" };
+    eprintln!("user {} changed ({state})", user.name);
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(name: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(format!("password for {name}: "))?);
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(first_line(&text))
 }
 
 pub async fn status(client: &Client) -> anyhow::Result<ExitCode> {

@@ -108,6 +108,9 @@ enum Remote {
     /// Manage users (admins only).
     #[command(subcommand)]
     Users(commands::UsersCommand),
+    /// Instance administration (admins only).
+    #[command(subcommand)]
+    Admin(commands::AdminCommand),
     /// Show the server's engine and reconciler status.
     Status,
 }
@@ -277,6 +280,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Tokens(c) => commands::tokens(client, c).await,
         Remote::GitToken(c) => git_token::run(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
+        Remote::Admin(c) => commands::admin(client, c).await,
         Remote::Status => commands::status(client).await,
     }
 }

@@ -42,12 +42,62 @@ impl FromStr for Role {
     }
 }
 
+/// What an API token may do. `Read`: only look (GET); `Write`: also change the owner's
+/// own workspaces, apps and tokens; `Admin`: everything, and only for admin users.
+/// Ordered: a token never grants more than its scope, whatever its user's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Read => "read",
+            TokenScope::Write => "write",
+            TokenScope::Admin => "admin",
+        }
+    }
+
+    /// The widest scope a user of this role may hold.
+    pub fn widest_for(role: Role) -> TokenScope {
+        match role {
+            Role::Admin => TokenScope::Admin,
+            Role::Member => TokenScope::Write,
+        }
+    }
+}
+
+impl fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TokenScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(TokenScope::Read),
+            "write" => Ok(TokenScope::Write),
+            "admin" => Ok(TokenScope::Admin),
+            _ => Err(format!("{s:?} is not a token scope; use read, write or admin")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: UserId,
     pub name: Name,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Set by an admin: no login, no token works.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// API tokens carry 256 random bits, so a plain SHA-256 is enough to store them:
@@ -62,6 +112,7 @@ pub struct ApiToken {
     pub id: crate::TokenId,
     pub user: UserId,
     pub name: String,
+    pub scope: TokenScope,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,

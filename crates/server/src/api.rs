@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
-use cove_core::{Name, Role};
+use cove_core::{Name, Role, TokenScope};
 use cove_runtime::{ExecEvent, ExecRequest, LogOptions};
 use cove_store::NewUser;
 use futures::StreamExt;
@@ -39,6 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/handoff-key", get(handoff_key))
         .route("/api/v1/status", get(status))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/users/{id}", axum::routing::patch(patch_user))
+        .route("/api/v1/admin/audit", get(audit_list))
+        .route("/api/v1/admin/audit.jsonl", get(audit_export))
+        .route("/api/v1/admin/quotas", get(get_quotas).put(set_quotas))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(delete_token))
         .route("/api/v1/git-tokens", get(list_git_tokens))
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Pushes stream archives of any size (checked as they are read): no body limit.
         .merge(crate::files::router().layer(DefaultBodyLimit::disable()))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .with_state(state)
 }
 
@@ -118,18 +123,31 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 
 async fn login(
     State(state): State<AppState>,
+    audit: Option<axum::Extension<crate::audit::AuditSlot>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Some(user) = auth::check_password(state.store.as_ref(), &body.username, body.password).await? else {
+    let user = auth::check_password(state.store.as_ref(), &body.username, body.password).await?;
+    if let Some(axum::Extension(slot)) = &audit {
+        // Only a well-formed name is recorded: a password typed into the name field is not.
+        match (&user, Name::parse(&body.username)) {
+            (Some(user), _) => slot.set(Some(user.id), user.name.as_str()),
+            (None, Ok(name)) => slot.set(None, name.as_str()),
+            (None, Err(_)) => {}
+        }
+    }
+    let Some(user) = user else {
         return Err(ApiError::Unauthenticated("invalid username or password".into()));
     };
     let token_name = body.token_name.unwrap_or_else(|| "cli".into());
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, None).await?;
+    // As before scopes: the login token may do all its user may.
+    let scope = TokenScope::widest_for(user.role);
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, scope, None).await?;
     tracing::info!(user = %user.name, token = %token.id, "logged in");
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "user": UserView::from(&user) }))))
 }
 
-async fn me(Caller(user): Caller) -> Json<UserView> {
+async fn me(Caller(mut user, access): Caller) -> Json<UserView> {
+    user.role = access.role;
     Json(UserView::from(&user))
 }
 
@@ -160,14 +178,152 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
-async fn list_tokens(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<chrono::DateTime<Utc>>,
+    limit: Option<u32>,
+}
+
+const AUDIT_DEFAULT_LIMIT: u32 = 100;
+const AUDIT_MAX_LIMIT: u32 = 10_000;
+
+async fn audit_entries(state: &AppState, q: AuditQuery) -> Result<Vec<cove_store::AuditEntry>, ApiError> {
+    let limit = q.limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
+    if limit == 0 || limit > AUDIT_MAX_LIMIT {
+        return Err(ApiError::InvalidRequest(format!("limit must be from 1 to {AUDIT_MAX_LIMIT}")));
+    }
+    Ok(state.store.audit_list(q.since, limit).await?)
+}
+
+/// The newest entries (`?limit=`, default 100) from `?since=` (RFC 3339), oldest first.
+async fn audit_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<cove_store::AuditEntry>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(audit_entries(&state, query(q)?).await?))
+}
+
+/// The same as JSON lines, for log pipelines; up to 10000 entries unless `?limit=`.
+async fn audit_export(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let mut q = query(q)?;
+    q.limit = Some(q.limit.unwrap_or(AUDIT_MAX_LIMIT));
+    let mut body = Vec::new();
+    for entry in audit_entries(&state, q).await? {
+        serde_json::to_writer(&mut body, &entry).map_err(|e| ApiError::internal("audit export", e))?;
+        body.push(b'\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
+}
+
+async fn get_quotas(State(state): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(crate::quotas::view(&state.store.quota_get().await?)))
+}
+
+/// Replaces every quota: a field left out (or null) is no limit.
+async fn set_quotas(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<SetQuotas>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let max_cpus_milli = match body.max_cpus {
+        Some(cpus) if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) => {
+            return Err(ApiError::InvalidRequest("max_cpus must be a number of CPUs above 0 (such as 4 or 0.5)".into()))
+        }
+        // In range by the check above, so the cast cannot truncate.
+        Some(cpus) => Some((cpus * 1000.0).round() as u32),
+        None => None,
+    };
+    let max_memory_bytes = match body.max_memory {
+        Some(Size::Bytes(b)) => Some(b),
+        Some(Size::Text(t)) => Some(
+            cove_core::parse_size(&t)
+                .map_err(|e| ApiError::InvalidRequest(format!("max_memory: {e}; write it like 8g or 512m")))?,
+        ),
+        None => None,
+    };
+    if max_memory_bytes == Some(0) || max_cpus_milli == Some(0) {
+        return Err(ApiError::InvalidRequest(
+            "max_cpus and max_memory must be above 0; leave one out for no limit".into(),
+        ));
+    }
+    let quotas = cove_store::Quotas {
+        max_workspaces: body.max_workspaces,
+        max_running: body.max_running,
+        max_cpus_milli,
+        max_memory_bytes,
+    };
+    state.store.quota_set(quotas).await?;
+    tracing::info!(admin = %caller.0.name, ?quotas, "quotas set");
+    Ok(Json(crate::quotas::view(&quotas)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchUser {
+    disabled: Option<bool>,
+    password: Option<String>,
+}
+
+/// Admins disable or enable a user (their tokens stop or start working at once) or set a
+/// new password. `{id}` is the user's id or name.
+async fn patch_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<PatchUser>,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require_admin()?;
+    let not_found = || ApiError::NotFound(format!("user {key} not found"));
+    let user = if let Ok(id) = key.parse::<cove_core::UserId>() {
+        match state.store.user_get(id).await {
+            Err(cove_store::StoreError::NotFound) => return Err(not_found()),
+            other => other?,
+        }
+    } else {
+        let name = Name::parse(&key).map_err(|_| not_found())?;
+        state.store.user_get_by_name_with_password(&name).await?.ok_or_else(not_found)?.0
+    };
+    if body.disabled.is_none() && body.password.is_none() {
+        return Err(ApiError::InvalidRequest("nothing to change; give disabled or password".into()));
+    }
+    if body.disabled == Some(true) && user.id == caller.0.id {
+        return Err(ApiError::Conflict("you cannot disable yourself; ask another admin".into()));
+    }
+    let password_hash = match body.password {
+        Some(p) if p.chars().count() < 12 => {
+            return Err(ApiError::InvalidRequest("password must be at least 12 characters".into()))
+        }
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || auth::hash_password(&p))
+                .await
+                .map_err(|e| ApiError::internal("password hash", e))??,
+        ),
+        None => None,
+    };
+    let patch = cove_store::UserPatch { disabled: body.disabled, password_hash };
+    let user = state.store.user_patch(user.id, patch).await?;
+    tracing::info!(admin = %caller.0.name, user = %user.name, disabled = user.disabled, "user changed");
+    Ok(Json(UserView::from(&user)))
+}
+
+async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
     let tokens = state.store.token_list_by_user(user.id).await?;
     Ok(Json(tokens.iter().map(TokenView::from).collect()))
 }
 
 async fn create_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, access): Caller,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = body.name.trim();
@@ -179,7 +335,20 @@ async fn create_token(
         Some(days) => Some(Utc::now() + Duration::days(i64::from(days.min(3650)))),
         None => None,
     };
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, expires_at).await?;
+    let scope = body.scope.unwrap_or(TokenScope::Write);
+    if scope > TokenScope::widest_for(access.role) {
+        return Err(ApiError::Forbidden(format!(
+            "only admins may hold {scope} tokens; ask for --scope write or --scope read"
+        )));
+    }
+    // Else a leaked write token could mint itself an admin one.
+    if scope > access.scope {
+        return Err(ApiError::Forbidden(format!(
+            "this token's scope is {}; it cannot make a {scope} token (log in again with `cove login` for that)",
+            access.scope
+        )));
+    }
+    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, scope, expires_at).await?;
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
 }
 
@@ -207,7 +376,7 @@ struct SetGitToken {
 
 async fn list_git_tokens(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tokens = state.store.git_token_list(user.id).await?;
     let views: Vec<_> =
@@ -217,7 +386,7 @@ async fn list_git_tokens(
 
 async fn set_git_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(host): Path<String>,
     ApiJson(body): ApiJson<SetGitToken>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -240,7 +409,7 @@ async fn set_git_token(
 
 async fn delete_git_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(host): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let host = git_host(&host)?;
@@ -255,7 +424,7 @@ async fn delete_git_token(
 
 async fn delete_token(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("token {id} not found; list yours with `cove tokens ls`"));
@@ -290,7 +459,7 @@ async fn list_workspaces(
 
 async fn create_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     ApiJson(body): ApiJson<CreateWorkspace>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::create(&state, &user, body).await?;
@@ -299,7 +468,7 @@ async fn create_workspace(
 
 async fn get_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -309,7 +478,7 @@ async fn get_workspace(
 }
 
 /// The key the caller's hand-off webhooks are signed with (HMAC-SHA256).
-async fn handoff_key(State(state): State<AppState>, Caller(user): Caller) -> Json<serde_json::Value> {
+async fn handoff_key(State(state): State<AppState>, Caller(user, _): Caller) -> Json<serde_json::Value> {
     Json(json!({
         "key": crate::handoff::key_for(&state, user.id),
         "algorithm": "HMAC-SHA256 of the request body, hex, in X-Cove-Signature: sha256=<hex>",
@@ -318,7 +487,7 @@ async fn handoff_key(State(state): State<AppState>, Caller(user): Caller) -> Jso
 
 async fn patch_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<PatchWorkspace>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
@@ -329,7 +498,7 @@ async fn patch_workspace(
 
 async fn delete_workspace(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -339,7 +508,7 @@ async fn delete_workspace(
 
 async fn exec(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ApiError> {
@@ -381,7 +550,7 @@ struct LogsQuery {
 
 async fn logs(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -406,7 +575,7 @@ fn app_view(state: &AppState, ws: &cove_core::Workspace, app: String, share: cov
 
 async fn list_apps(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<Vec<AppView>>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
@@ -416,7 +585,7 @@ async fn list_apps(
 
 async fn share_app(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((key, app)): Path<(String, String)>,
     ApiJson(body): ApiJson<ShareBody>,
 ) -> Result<Json<AppView>, ApiError> {
@@ -446,7 +615,7 @@ fn websocket(upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Re
 
 async fn ssh(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -460,7 +629,7 @@ async fn ssh(
 
 async fn tcp(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((key, port)): Path<(String, String)>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -477,7 +646,7 @@ async fn tcp(
 
 async fn ports(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ws = own_workspace(&state, &user, &key).await?;

@@ -8,7 +8,7 @@ use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::Utc;
-use cove_core::{hash_token, Name, Role, User};
+use cove_core::{hash_token, Name, Role, TokenScope, User};
 use cove_store::{NewToken, NewUser, Store};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
@@ -81,12 +81,12 @@ pub async fn issue_token(
     store: &dyn Store,
     user: &User,
     name: &str,
+    scope: TokenScope,
     expires_at: Option<chrono::DateTime<Utc>>,
 ) -> Result<(String, cove_core::ApiToken), ApiError> {
     let secret = new_token_secret();
-    let token = store
-        .token_create(NewToken { user: user.id, name: name.to_string(), token_hash: hash_token(&secret), expires_at })
-        .await?;
+    let new = NewToken { user: user.id, name: name.to_string(), scope, token_hash: hash_token(&secret), expires_at };
+    let token = store.token_create(new).await?;
     Ok((secret, token))
 }
 
@@ -101,11 +101,21 @@ pub async fn check_password(store: &dyn Store, username: &str, password: String)
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
         .await
         .map_err(|e| ApiError::internal("password check", e))?;
-    Ok(found.filter(|_| ok).map(|(user, _)| user))
+    // A disabled user is refused like a wrong password: nothing tells the account exists.
+    Ok(found.filter(|(user, _)| ok && !user.disabled).map(|(user, _)| user))
 }
 
-/// The authenticated caller of an API route.
-pub struct Caller(pub User);
+/// The authenticated caller of an API route, as far as its token lets it act: with a
+/// token below `admin` scope an admin is treated as a member (`.0.role`), so every check
+/// of the role also honours the scope. `.1` keeps the real role and the scope.
+pub struct Caller(pub User, pub Access);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Access {
+    pub scope: TokenScope,
+    /// The user's own role, whatever the token allows.
+    pub role: Role,
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -122,20 +132,53 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`".into()))?;
-        match state.store.token_authenticate(&hash_token(secret), Utc::now()).await? {
-            Some((_, user)) => Ok(Caller(user)),
-            None => {
-                Err(ApiError::Unauthenticated("invalid or expired API token; log in again with `cove login`".into()))
+        let hash = hash_token(secret);
+        let now = Utc::now();
+        let Some((token, mut user)) = state.store.token_authenticate(&hash, now).await? else {
+            if state.store.token_expired(&hash, now).await? {
+                return Err(ApiError::Unauthenticated(
+                    "token expired; log in again with `cove login` or make a new one with `cove tokens create`".into(),
+                ));
             }
+            return Err(ApiError::Unauthenticated("invalid API token; log in again with `cove login`".into()));
+        };
+        // A token never outranks its user: an admin made a member loses admin at once.
+        let scope = token.scope.min(TokenScope::widest_for(user.role));
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set(Some(user.id), user.name.as_str());
         }
+        let access = Access { scope, role: user.role };
+        check_scope(scope, &parts.method, parts.uri.path())?;
+        if scope < TokenScope::Admin {
+            user.role = Role::Member;
+        }
+        Ok(Caller(user, access))
     }
+}
+
+/// What a `read` token may not do: change anything (any method but GET and HEAD), or open
+/// a shell or a tunnel (GET WebSockets, which also wake the workspace).
+fn check_scope(scope: TokenScope, method: &axum::http::Method, path: &str) -> Result<(), ApiError> {
+    use axum::http::Method;
+    if scope > TokenScope::Read {
+        return Ok(());
+    }
+    let looks = *method == Method::GET || *method == Method::HEAD;
+    let tunnel = path.ends_with("/ssh") || path.contains("/tcp/");
+    if looks && !tunnel {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden("this token's scope is read; make one with `cove tokens create NAME --scope write`".into()))
 }
 
 impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self.0.role {
-            Role::Admin => Ok(()),
-            Role::Member => Err(ApiError::Forbidden("only admins may do this".into())),
+        match (self.1.scope, self.1.role) {
+            (TokenScope::Admin, _) => Ok(()),
+            (scope, Role::Admin) => Err(ApiError::Forbidden(format!(
+                "this token's scope is {scope}; make one with `cove tokens create NAME --scope admin`"
+            ))),
+            (_, Role::Member) => Err(ApiError::Forbidden("only admins may do this".into())),
         }
     }
 }

@@ -53,7 +53,15 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
     let Ok(Some(user)) = auth::check_password(state.store.as_ref(), &form.username, form.password).await else {
         return pages::login_form(&next, Some("Invalid username or password."));
     };
-    let Ok((secret, _)) = auth::issue_token(state.store.as_ref(), &user, "browser session", None).await else {
+    let Ok((secret, _)) = auth::issue_token(
+        state.store.as_ref(),
+        &user,
+        "browser session",
+        cove_core::TokenScope::widest_for(user.role),
+        None,
+    )
+    .await
+    else {
         return pages::html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Cannot log in",

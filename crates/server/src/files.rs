@@ -191,7 +191,7 @@ struct PushQuery {
 
 async fn push(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     UrlPath(key): UrlPath<String>,
     query: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,

@@ -316,6 +316,16 @@ impl AppGate {
             None => {
                 self.state.routes.invalidate();
                 let fresh = self.state.store.workspace_get(ws.id).await?;
+                if fresh.desired == DesiredState::Stopped {
+                    // A wake is a start like any other: it must fit in the running quota.
+                    match crate::quotas::check_running(&self.state, fresh.owner, Some(fresh.id)).await {
+                        Ok(()) => {}
+                        Err(crate::error::ApiError::Conflict(message)) => {
+                            return Ok(Verdict::Respond(pages::over_quota(&fresh, &message, browser)));
+                        }
+                        Err(e) => return Ok(Verdict::Respond(axum::response::IntoResponse::into_response(e))),
+                    }
+                }
                 let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
                 let recently_woken = Utc::now() - ws.updated_at < RECENT;
                 let ws = if running(&ws) {

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod gate;
 pub mod handoff;
 pub mod openapi;
 pub mod pages;
+pub mod quotas;
 pub mod secrets;
 pub mod tickets;
 pub mod tunnel;

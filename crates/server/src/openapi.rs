@@ -12,6 +12,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/me/handoff-key"),
     ("get", "/api/v1/status"),
     ("post", "/api/v1/users"),
+    ("patch", "/api/v1/users/{id}"),
+    ("get", "/api/v1/admin/audit"),
+    ("get", "/api/v1/admin/audit.jsonl"),
+    ("get", "/api/v1/admin/quotas"),
+    ("put", "/api/v1/admin/quotas"),
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
@@ -49,6 +54,25 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
         ),
         ("get", "/api/v1/status") => ("Instance, engine and reconciler status", None, "status"),
         ("post", "/api/v1/users") => ("Create a user (admins only)", Some("CreateUser"), "the user"),
+        ("get", "/api/v1/admin/audit") => (
+            "The audit log of state-changing requests (admins only): `?since=<RFC 3339>&limit=N` (default 100), oldest first",
+            None,
+            "entries: id, at, actor_id, actor_name, action, target, outcome, peer",
+        ),
+        ("get", "/api/v1/admin/audit.jsonl") => {
+            ("The audit log as JSON lines (admins only), same query", None, "application/jsonl")
+        }
+        ("get", "/api/v1/admin/quotas") => ("The per-user and per-workspace quotas (admins only)", None, "quotas"),
+        ("put", "/api/v1/admin/quotas") => (
+            "Replace the quotas (admins only); a limit left out is no limit",
+            Some("SetQuotas"),
+            "the quotas",
+        ),
+        ("patch", "/api/v1/users/{id}") => (
+            "Disable or enable a user, or set their password (admins only); `{id}` is an id or a name",
+            Some("PatchUser"),
+            "the user",
+        ),
         ("get", "/api/v1/tokens") => ("The caller's API tokens (never their secrets)", None, "tokens"),
         ("post", "/api/v1/tokens") => {
             ("Create an API token; the secret is shown once", Some("CreateToken"), "the token")
@@ -159,7 +183,7 @@ pub fn document() -> Value {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
                 "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" }, "token_name": { "type": "string" } } },
                 "CreateUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 12 }, "role": { "enum": ["admin", "member"] } } },
-                "CreateToken": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "expires_in_days": { "type": "integer", "minimum": 1 } } },
+                "CreateToken": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "expires_in_days": { "type": "integer", "minimum": 1 }, "scope": { "enum": ["read", "write", "admin"], "description": "read: GET only; write (default): also change own workspaces, apps, tokens; admin: everything, admins only" } } },
                 "CreateWorkspace": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
                     "name": { "type": "string", "pattern": "^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$" },
                     "image": { "type": "string" }, "cpus": { "type": "number", "minimum": 0.1, "maximum": 64 },
@@ -168,6 +192,12 @@ pub fn document() -> Value {
                 "PatchWorkspace": { "type": "object", "additionalProperties": false, "properties": {
                     "desired_state": { "enum": ["Running", "Stopped", "RestartRequested"] },
                     "cpus": { "type": "number" }, "memory": size, "disk": size, "idle_timeout_seconds": { "type": "integer" } } },
+                "PatchUser": { "type": "object", "additionalProperties": false, "properties": { "disabled": { "type": "boolean" }, "password": { "type": "string", "minLength": 12 } } },
+                "SetQuotas": { "type": "object", "additionalProperties": false, "properties": {
+                    "max_workspaces": { "type": "integer", "minimum": 0, "description": "workspaces per user" },
+                    "max_running": { "type": "integer", "minimum": 0, "description": "workspaces a user may want running at once" },
+                    "max_cpus": { "type": "number", "exclusiveMinimum": 0, "description": "CPUs per workspace" },
+                    "max_memory": size } },
                 "SetGitToken": { "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": { "type": "string" }, "username": { "type": "string" } } },
                 "Share": { "type": "object", "required": ["share"], "properties": { "share": { "enum": ["owner", "authenticated", "public"] } } },
                 "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },

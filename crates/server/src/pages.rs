@@ -125,6 +125,19 @@ pub fn still_starting(ws: &Workspace, waited: std::time::Duration) -> Response {
     response
 }
 
+/// A stopped workspace that may not wake: its owner is at the running quota.
+pub fn over_quota(ws: &Workspace, message: &str, browser: bool) -> Response {
+    if browser {
+        html(
+            StatusCode::CONFLICT,
+            &format!("{} cannot start", ws.name),
+            &format!("Workspace {} is stopped and cannot start: {message}.", ws.name),
+        )
+    } else {
+        json_error(StatusCode::CONFLICT, "conflict", &format!("workspace {} cannot start: {message}", ws.name))
+    }
+}
+
 pub fn login_form(next: &str, error: Option<&str>) -> Response {
     let error = error.map(|e| format!("<p role=\"alert\" style=\"color:#b00\">{}</p>", escape(e))).unwrap_or_default();
     let body = format!(

@@ -2,7 +2,7 @@
 //! without silently changing the other.
 
 use chrono::{DateTime, Utc};
-use cove_core::{ActualState, ApiToken, DesiredState, Role, ShareLevel, User, Workspace};
+use cove_core::{ActualState, ApiToken, DesiredState, Role, ShareLevel, TokenScope, User, Workspace};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -91,11 +91,19 @@ pub struct UserView {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 impl From<&User> for UserView {
     fn from(u: &User) -> Self {
-        Self { id: u.id.to_string(), name: u.name.to_string(), role: u.role, created_at: u.created_at }
+        Self {
+            id: u.id.to_string(),
+            name: u.name.to_string(),
+            role: u.role,
+            created_at: u.created_at,
+            disabled: u.disabled,
+        }
     }
 }
 
@@ -103,6 +111,7 @@ impl From<&User> for UserView {
 pub struct TokenView {
     pub id: String,
     pub name: String,
+    pub scope: TokenScope,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -113,6 +122,7 @@ impl From<&ApiToken> for TokenView {
         Self {
             id: t.id.to_string(),
             name: t.name.clone(),
+            scope: t.scope,
             created_at: t.created_at,
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
@@ -204,4 +214,16 @@ pub struct CreateUser {
 pub struct CreateToken {
     pub name: String,
     pub expires_in_days: Option<u32>,
+    /// Default `write`.
+    pub scope: Option<TokenScope>,
+}
+
+/// `PUT /api/v1/admin/quotas`: every limit at once; one left out is no limit.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuotas {
+    pub max_workspaces: Option<u32>,
+    pub max_running: Option<u32>,
+    pub max_cpus: Option<f64>,
+    pub max_memory: Option<Size>,
 }

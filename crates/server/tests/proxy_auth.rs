@@ -64,7 +64,8 @@ async fn world_waiting(wake_wait: Duration) -> World {
             .user_create(NewUser { name: Name::parse(name).unwrap(), role: Role::Member, password_hash: hash })
             .await
             .unwrap();
-        let (token, _) = auth::issue_token(store.as_ref(), &user, "test", None).await.unwrap();
+        let (token, _) =
+            auth::issue_token(store.as_ref(), &user, "test", cove_core::TokenScope::Write, None).await.unwrap();
         users.push((user, token));
     }
     let (bob, bob_token) = users.pop().unwrap();
@@ -462,4 +463,37 @@ async fn a_script_waits_a_bounded_time_then_gets_503_with_retry_after() {
     assert!(body["error"]["message"].as_str().unwrap().starts_with("workspace broken is still"), "{body}");
     // The request did wake it: the wish to run is recorded.
     assert_eq!(w.store.workspace_get(broken.id).await.unwrap().desired, DesiredState::Running);
+}
+
+#[tokio::test]
+async fn a_wake_over_the_running_quota_is_refused_and_changes_nothing() {
+    let w = world().await;
+    w.store
+        .workspace_patch(w.ws, WorkspacePatch { desired: Some(DesiredState::Stopped), ..Default::default() }, None)
+        .await
+        .unwrap();
+    w.store
+        .workspace_create(NewWorkspace {
+            name: Name::parse("other").unwrap(),
+            owner: w.alice.id,
+            image: "img:1".into(),
+            resources: Resources::default(),
+            idle_timeout_seconds: 0,
+            desired: DesiredState::Running,
+            source: None,
+            handoff: None,
+        })
+        .await
+        .unwrap();
+    w.store.quota_set(cove_store::Quotas { max_running: Some(1), ..Default::default() }).await.unwrap();
+    let before = w.store.workspace_get(w.ws).await.unwrap();
+    let auth = format!("Bearer {}", w.alice_token);
+    let (status, _, body) = w.get(&w.url(&w.app_host(), "/"), &[("authorization", &auth)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("you have 1 of 1 running workspaces") && body.contains("stop one first"), "{body}");
+    let (status, _, body) = w.get(&w.url(&w.app_host(), "/"), &[HTML, ("authorization", &auth)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("cannot start"), "{body}");
+    let after = w.store.workspace_get(w.ws).await.unwrap();
+    assert_eq!((after.desired, after.generation), (DesiredState::Stopped, before.generation));
 }

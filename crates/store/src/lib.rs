@@ -11,8 +11,8 @@ mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cove_core::{
-    ActualState, ApiToken, DesiredState, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace,
-    WorkspaceId,
+    ActualState, ApiToken, DesiredState, Name, Resources, Role, ShareLevel, TokenId, TokenScope, User, UserId,
+    Workspace, WorkspaceId,
 };
 
 pub use sqlite::SqliteStore;
@@ -41,9 +41,18 @@ pub struct NewUser {
     pub password_hash: String,
 }
 
+/// An admin's change to a user; `None` fields are left as they are.
+#[derive(Default)]
+pub struct UserPatch {
+    pub disabled: Option<bool>,
+    /// A new argon2id PHC string.
+    pub password_hash: Option<String>,
+}
+
 pub struct NewToken {
     pub user: UserId,
     pub name: String,
+    pub scope: TokenScope,
     /// `cove_core::hash_token` of the secret.
     pub token_hash: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -89,6 +98,37 @@ pub struct WorkspacePatch {
     pub idle_timeout_seconds: Option<u32>,
 }
 
+/// One state-changing request, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// Increasing; set by the store (ignored by `audit_record`).
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who, when known (a failed login knows only the name tried).
+    pub actor_id: Option<UserId>,
+    pub actor_name: Option<String>,
+    /// The route, such as `POST /api/v1/workspaces/{ws}/exec`.
+    pub action: String,
+    /// The path it was applied to, such as `/api/v1/workspaces/api/exec`.
+    pub target: String,
+    /// The HTTP status and, for refusals, the error code (`201`, `403 forbidden`).
+    pub outcome: String,
+    /// The client's address.
+    pub peer: Option<String>,
+}
+
+/// Limits the admin sets for every user; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quotas {
+    /// Workspaces a user may have (any state but being deleted).
+    pub max_workspaces: Option<u32>,
+    /// Workspaces a user may want running at once.
+    pub max_running: Option<u32>,
+    /// CPUs per workspace, in thousandths.
+    pub max_cpus_milli: Option<u32>,
+    pub max_memory_bytes: Option<u64>,
+}
+
 /// A user's Git token for one host, as stored: encrypted (the store never sees the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitToken {
@@ -105,18 +145,34 @@ pub trait Store: Send + Sync + 'static {
     /// This control plane's id, made on first use and kept; it labels every engine object.
     async fn instance_id(&self) -> Result<String>;
 
+    /// Appends to the audit log; the store sets the id.
+    async fn audit_record(&self, entry: AuditEntry) -> Result<()>;
+    /// The newest `limit` entries at or after `since`, oldest first.
+    async fn audit_list(&self, since: Option<DateTime<Utc>>, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    /// The instance's quotas; all `None` until an admin sets some.
+    async fn quota_get(&self) -> Result<Quotas>;
+    /// Replaces every quota at once (`None` removes that limit).
+    async fn quota_set(&self, quotas: Quotas) -> Result<()>;
+
     async fn user_count(&self) -> Result<u64>;
     /// `Conflict` when the name is taken.
     async fn user_create(&self, new: NewUser) -> Result<User>;
     async fn user_get(&self, id: UserId) -> Result<User>;
+    /// `NotFound` for an unknown id.
+    async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User>;
     /// The user and their password hash.
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>>;
 
     /// `NotFound` when the user does not exist.
     async fn token_create(&self, new: NewToken) -> Result<ApiToken>;
-    /// The token and its user, unless unknown or expired at `now` (`expires_at <= now`).
+    /// The token and its user, unless unknown, expired at `now` (`expires_at <= now`) or
+    /// its user is disabled.
     /// Records the use in `last_used_at`, to the minute.
     async fn token_authenticate(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<(ApiToken, User)>>;
+    /// Whether this is a known token that has expired at `now`: to tell the caller why
+    /// `token_authenticate` said no.
+    async fn token_expired(&self, token_hash: &str, now: DateTime<Utc>) -> Result<bool>;
     /// Expired tokens included, oldest first.
     async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>>;
     /// `NotFound` unless the token exists and belongs to `user`.

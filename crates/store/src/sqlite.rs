@@ -18,7 +18,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteExecutor};
 
-use crate::{GitToken, Handoff, NewToken, NewUser, NewWorkspace, Result, Store, StoreError, WorkspacePatch};
+use crate::{
+    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, UserPatch,
+    WorkspacePatch,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -26,9 +29,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// serves them and spares a write on every request.
 const LAST_USED_PRECISION_MS: i64 = 60_000;
 
-const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at";
+const QUOTA_WORKSPACES: &str = "quota.max_workspaces";
+const QUOTA_RUNNING: &str = "quota.max_running";
+const QUOTA_CPUS_MILLI: &str = "quota.max_cpus_milli";
+const QUOTA_MEMORY_BYTES: &str = "quota.max_memory_bytes";
 
-const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, \
+const USER_COLUMNS: &str = "u.id AS user_id, u.name AS user_name, u.role AS user_role, u.created_at AS user_created_at, u.disabled AS user_disabled";
+
+const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, t.scope AS token_scope, \
      t.created_at AS token_created_at, t.expires_at, t.last_used_at";
 
 const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
@@ -79,6 +87,97 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
+    async fn audit_record(&self, entry: AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor_id, actor_name, action, target, outcome, peer) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(entry.at.timestamp_millis())
+        .bind(entry.actor_id.map(|id| id.to_string()))
+        .bind(&entry.actor_name)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.outcome)
+        .bind(&entry.peer)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_list(&self, since: Option<DateTime<Utc>>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor_id, actor_name, action, target, outcome, peer FROM audit_log \
+             WHERE at >= ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(since.map_or(i64::MIN, |t| t.timestamp_millis()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = rows
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: time(row, "at")?,
+                    actor_id: row
+                        .try_get::<Option<String>, _>("actor_id")?
+                        .map(|id| id.parse().map_err(|e| StoreError::Corrupt(format!("audit actor_id: {e}"))))
+                        .transpose()?,
+                    actor_name: row.try_get("actor_name")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    peer: row.try_get("peer")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    async fn quota_get(&self) -> Result<Quotas> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM settings WHERE key LIKE 'quota.%'").fetch_all(&self.pool).await?;
+        let mut quotas = Quotas::default();
+        for (key, value) in rows {
+            let bad = || StoreError::Corrupt(format!("setting {key} = {value:?} is not a number"));
+            match key.as_str() {
+                QUOTA_WORKSPACES => quotas.max_workspaces = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_RUNNING => quotas.max_running = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_CPUS_MILLI => quotas.max_cpus_milli = Some(value.parse().map_err(|_| bad())?),
+                QUOTA_MEMORY_BYTES => quotas.max_memory_bytes = Some(value.parse().map_err(|_| bad())?),
+                _ => {}
+            }
+        }
+        Ok(quotas)
+    }
+
+    async fn quota_set(&self, quotas: Quotas) -> Result<()> {
+        let values = [
+            (QUOTA_WORKSPACES, quotas.max_workspaces.map(u64::from)),
+            (QUOTA_RUNNING, quotas.max_running.map(u64::from)),
+            (QUOTA_CPUS_MILLI, quotas.max_cpus_milli.map(u64::from)),
+            (QUOTA_MEMORY_BYTES, quotas.max_memory_bytes),
+        ];
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in values {
+            match value {
+                Some(v) => {
+                    sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                        .bind(key)
+                        .bind(v.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM settings WHERE key = ?").bind(key).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn user_count(&self) -> Result<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
         // A count is never negative.
@@ -86,7 +185,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_create(&self, new: NewUser) -> Result<User> {
-        let user = User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now() };
+        let user =
+            User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now(), disabled: false };
         sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(user.id.to_string())
             .bind(user.name.as_str())
@@ -110,6 +210,32 @@ impl Store for SqliteStore {
         user_from_row(&row)
     }
 
+    async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(disabled) = patch.disabled {
+            sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
+                .bind(i64::from(disabled))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(hash) = &patch.password_hash {
+            sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+                .bind(hash)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>> {
         let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.name = ?");
         let Some(row) = sqlx::query(&sql).bind(name.as_str()).fetch_optional(&self.pool).await? else {
@@ -123,17 +249,19 @@ impl Store for SqliteStore {
             id: TokenId::new_random(),
             user: new.user,
             name: new.name,
+            scope: new.scope,
             created_at: now(),
             expires_at: new.expires_at.map(|t| t.trunc_subsecs(3)),
             last_used_at: None,
         };
         sqlx::query(
-            "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, user_id, name, scope, token_hash, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id.to_string())
         .bind(token.user.to_string())
         .bind(&token.name)
+        .bind(token.scope.as_str())
         .bind(&new.token_hash)
         .bind(token.created_at.timestamp_millis())
         .bind(token.expires_at.map(|t| t.timestamp_millis()))
@@ -148,7 +276,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, {USER_COLUMNS} \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.token_hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?)"
+             WHERE t.token_hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?) AND u.disabled = 0"
         );
         let Some(row) = sqlx::query(&sql).bind(token_hash).bind(now_ms).fetch_optional(&self.pool).await? else {
             return Ok(None);
@@ -175,6 +303,15 @@ impl Store for SqliteStore {
             }
         }
         Ok(Some((token, user)))
+    }
+
+    async fn token_expired(&self, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM api_tokens WHERE token_hash = ? AND expires_at <= ?")
+            .bind(token_hash)
+            .bind(now.timestamp_millis())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn token_list_by_user(&self, user: UserId) -> Result<Vec<ApiToken>> {
@@ -569,6 +706,7 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         name: text(row, "user_name", Name::parse)?,
         role: text(row, "user_role", str::parse)?,
         created_at: time(row, "user_created_at")?,
+        disabled: row.try_get::<i64, _>("user_disabled")? != 0,
     })
 }
 
@@ -577,6 +715,7 @@ fn token_from_row(row: &SqliteRow) -> Result<ApiToken> {
         id: text(row, "token_id", str::parse)?,
         user: text(row, "user_id", str::parse)?,
         name: row.try_get("token_name")?,
+        scope: text(row, "token_scope", str::parse)?,
         created_at: time(row, "token_created_at")?,
         expires_at: optional_time(row, "expires_at")?,
         last_used_at: optional_time(row, "last_used_at")?,

@@ -279,6 +279,7 @@ async fn token_authenticate_honours_expiry_and_records_use() {
     let ada = f.user("ada").await;
     let t0 = Utc::now().trunc_subsecs(3);
     let new = NewToken {
+        scope: cove_core::TokenScope::Write,
         user: ada.id,
         name: "laptop".into(),
         token_hash: cove_core::hash_token("secret"),
@@ -311,6 +312,35 @@ async fn token_authenticate_honours_expiry_and_records_use() {
 
     let unknown = f.store.token_authenticate(&cove_core::hash_token("guess"), t0).await.unwrap();
     assert!(unknown.is_none());
+
+    // Why a token was refused: expired from its expiry on, never for an unknown one.
+    let hash = cove_core::hash_token("secret");
+    assert!(!f.store.token_expired(&hash, last_moment).await.unwrap());
+    assert!(f.store.token_expired(&hash, t0 + Duration::hours(1)).await.unwrap());
+    assert!(!f.store.token_expired(&cove_core::hash_token("guess"), t0 + Duration::hours(2)).await.unwrap());
+}
+
+#[tokio::test]
+async fn token_scope_is_kept() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    for (i, scope) in [cove_core::TokenScope::Read, cove_core::TokenScope::Write, cove_core::TokenScope::Admin]
+        .into_iter()
+        .enumerate()
+    {
+        let secret = format!("secret{i}");
+        let new = NewToken {
+            scope,
+            user: ada.id,
+            name: format!("t{i}"),
+            token_hash: cove_core::hash_token(&secret),
+            expires_at: None,
+        };
+        assert_eq!(f.store.token_create(new).await.unwrap().scope, scope);
+        let (found, _) =
+            f.store.token_authenticate(&cove_core::hash_token(&secret), Utc::now()).await.unwrap().unwrap();
+        assert_eq!(found.scope, scope);
+    }
 }
 
 #[tokio::test]
@@ -318,8 +348,13 @@ async fn token_delete_needs_the_owning_user() {
     let f = Fixture::new().await;
     let ada = f.user("ada").await;
     let bob = f.user("bob").await;
-    let new =
-        NewToken { user: ada.id, name: "ci".into(), token_hash: cove_core::hash_token("secret"), expires_at: None };
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "ci".into(),
+        token_hash: cove_core::hash_token("secret"),
+        expires_at: None,
+    };
     let token = f.store.token_create(new).await.unwrap();
 
     let by_bob = f.store.token_delete(bob.id, token.id).await;
@@ -342,6 +377,7 @@ async fn tokens_list_by_user_oldest_first() {
     let mut made = vec![];
     for (i, user) in [ada.id, bob.id, ada.id, ada.id].into_iter().enumerate() {
         let new = NewToken {
+            scope: cove_core::TokenScope::Write,
             user,
             name: format!("token {i}"),
             token_hash: cove_core::hash_token(&format!("secret {i}")),
@@ -358,6 +394,7 @@ async fn tokens_list_by_user_oldest_first() {
     assert_eq!(listed_ids, adas);
 
     let for_nobody = NewToken {
+        scope: cove_core::TokenScope::Write,
         user: UserId::new_random(),
         name: "x".into(),
         token_hash: cove_core::hash_token("x"),
@@ -407,8 +444,13 @@ async fn data_survives_reopening() {
     f.store.workspace_patch(ws.id, stop, None).await.unwrap();
     f.store.workspace_set_actual(ws.id, ActualState::Stopped, Some("idle"), 3).await.unwrap();
     let before = f.store.workspace_get(ws.id).await.unwrap();
-    let new =
-        NewToken { user: ada.id, name: "laptop".into(), token_hash: cove_core::hash_token("secret"), expires_at: None };
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "laptop".into(),
+        token_hash: cove_core::hash_token("secret"),
+        expires_at: None,
+    };
     let token = f.store.token_create(new).await.unwrap();
 
     // Reopening runs the migrations again, which must find nothing to do.
@@ -511,4 +553,72 @@ async fn git_tokens_per_user_and_host() {
     assert_eq!(f.store.git_token_get(ada.id, "github.com").await.unwrap(), None);
     assert!(matches!(f.store.git_token_delete(ada.id, "github.com").await, Err(StoreError::NotFound)));
     assert_eq!(f.store.git_token_get(bob.id, "github.com").await.unwrap().unwrap().ciphertext, b"bob's");
+}
+
+#[tokio::test]
+async fn quotas_are_kept_and_cleared() {
+    let f = Fixture::new().await;
+    assert_eq!(f.store.quota_get().await.unwrap(), cove_store::Quotas::default());
+    let set = cove_store::Quotas {
+        max_workspaces: Some(3),
+        max_running: Some(0),
+        max_cpus_milli: Some(1500),
+        max_memory_bytes: Some(8 << 30),
+    };
+    f.store.quota_set(set).await.unwrap();
+    assert_eq!(f.store.quota_get().await.unwrap(), set);
+    let fewer = cove_store::Quotas { max_running: Some(2), ..Default::default() };
+    f.store.quota_set(fewer).await.unwrap();
+    assert_eq!(f.store.quota_get().await.unwrap(), fewer);
+}
+
+#[tokio::test]
+async fn audit_lists_the_newest_oldest_first() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let t0 = Utc::now().trunc_subsecs(3);
+    for i in 0..5 {
+        let entry = cove_store::AuditEntry {
+            id: 0,
+            at: t0 + Duration::seconds(i),
+            actor_id: (i % 2 == 0).then_some(ada.id),
+            actor_name: Some("ada".into()),
+            action: format!("POST /a{i}"),
+            target: "/t".into(),
+            outcome: "201".into(),
+            peer: Some("127.0.0.1:1".into()),
+        };
+        f.store.audit_record(entry).await.unwrap();
+    }
+    let actions = |list: Vec<cove_store::AuditEntry>| list.into_iter().map(|e| e.action).collect::<Vec<_>>();
+    assert_eq!(actions(f.store.audit_list(None, 2).await.unwrap()), ["POST /a3", "POST /a4"]);
+    let since = f.store.audit_list(Some(t0 + Duration::seconds(2)), 100).await.unwrap();
+    assert_eq!(since[0].actor_id, Some(ada.id));
+    assert_eq!(since[0].at, t0 + Duration::seconds(2));
+    assert_eq!(actions(since), ["POST /a2", "POST /a3", "POST /a4"]);
+}
+
+#[tokio::test]
+async fn a_disabled_user_authenticates_no_token() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let new = NewToken {
+        scope: cove_core::TokenScope::Write,
+        user: ada.id,
+        name: "t".into(),
+        token_hash: cove_core::hash_token("s"),
+        expires_at: None,
+    };
+    f.store.token_create(new).await.unwrap();
+    let hash = cove_core::hash_token("s");
+    let off = f.store.user_patch(ada.id, cove_store::UserPatch { disabled: Some(true), ..Default::default() }).await;
+    assert!(off.unwrap().disabled);
+    assert!(f.store.token_authenticate(&hash, Utc::now()).await.unwrap().is_none());
+    let patch = cove_store::UserPatch { disabled: Some(false), password_hash: Some("new-hash".into()) };
+    assert!(!f.store.user_patch(ada.id, patch).await.unwrap().disabled);
+    assert!(f.store.token_authenticate(&hash, Utc::now()).await.unwrap().is_some());
+    let (_, stored) = f.store.user_get_by_name_with_password(&ada.name).await.unwrap().unwrap();
+    assert_eq!(stored, "new-hash");
+    let missing = f.store.user_patch(cove_core::UserId::new_random(), cove_store::UserPatch::default()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
