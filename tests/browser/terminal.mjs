@@ -9,87 +9,54 @@
 // Env: TERM_URL and COVE_PASSWORD (required), COVE_USER (default admin), SCREENSHOT_DIR
 // (default target/browser), CHROMIUM (default /usr/bin/chromium), DEADLINE_MS (default 60000).
 // Screenshots: term-01-login.png, term-02-shell.png, term-03-reloaded.png, term-failure.png.
-// Prints one JSON line; exit 0 only if every step passed.
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+// Prints one JSON line; exit 0 only if every step passed (frame: session.mjs).
+import { session } from './session.mjs';
 
 const env = process.env;
 const termUrl = env.TERM_URL;
-const password = env.COVE_PASSWORD;
-const user = env.COVE_USER || 'admin';
-const shotDir = resolve(env.SCREENSHOT_DIR || 'target/browser');
 const deadlineMs = Number(env.DEADLINE_MS || 60000);
-if (!termUrl || !password) {
+if (!termUrl || !env.COVE_PASSWORD) {
   console.error('terminal.mjs: set TERM_URL and COVE_PASSWORD');
   process.exit(2);
 }
-const { chromium } = await import('playwright-core');
 
 const summary = { ok: false, sawStartingPage: false, shell: null, replayed: false, sameShell: false, error: null };
-mkdirSync(shotDir, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), 'cove-term-chromium-'));
-let context;
-let page;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function shot(name) {
-  try {
-    await page.screenshot({ path: join(shotDir, name), timeout: 10000 });
-  } catch (e) {
-    console.error(`terminal.mjs: screenshot ${name} failed: ${e.message}`);
-  }
-}
-
-// The terminal's visible text (xterm's DOM renderer), or null while there is none.
-async function screenText() {
-  try {
-    return await page.evaluate(() => {
-      if (document.getElementById('cove-starting')) return { starting: true, text: '' };
-      const rows = document.querySelector('.xterm-rows');
-      return rows ? { starting: false, text: rows.innerText } : null;
-    });
-  } catch {
-    return null; // navigating
-  }
-}
-
-async function waitForText(what, pred) {
-  const deadline = Date.now() + deadlineMs;
-  let last = null;
-  while (Date.now() < deadline) {
-    const seen = await screenText();
-    if (seen?.starting) summary.sawStartingPage = true;
-    if (seen && !seen.starting) {
-      last = seen.text;
-      if (pred(seen.text)) return seen.text;
+await session('term', summary, { width: 1000, height: 600 }, async ({ page, shot, logIn }) => {
+  // The terminal's visible text (xterm's DOM renderer), or null while there is none.
+  const screenText = async () => {
+    try {
+      return await page.evaluate(() => {
+        if (document.getElementById('cove-starting')) return { starting: true, text: '' };
+        const rows = document.querySelector('.xterm-rows');
+        return rows ? { starting: false, text: rows.innerText } : null;
+      });
+    } catch {
+      return null; // navigating
     }
-    await sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}; the terminal showed ${JSON.stringify((last || '').slice(-400))}`);
-}
+  };
+  const waitForText = async (what, pred) => {
+    const deadline = Date.now() + deadlineMs;
+    let last = null;
+    while (Date.now() < deadline) {
+      const seen = await screenText();
+      if (seen?.starting) summary.sawStartingPage = true;
+      if (seen && !seen.starting) {
+        last = seen.text;
+        if (pred(seen.text)) return seen.text;
+      }
+      await sleep(100);
+    }
+    throw new Error(`timed out waiting for ${what}; the terminal showed ${JSON.stringify((last || '').slice(-400))}`);
+  };
+  const type = async (text) => {
+    await page.locator('.xterm-helper-textarea').focus();
+    await page.keyboard.type(text);
+    await page.keyboard.press('Enter');
+  };
 
-async function type(text) {
-  await page.locator('.xterm-helper-textarea').focus();
-  await page.keyboard.type(text);
-  await page.keyboard.press('Enter');
-}
-
-async function run() {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run'],
-    viewport: { width: 1000, height: 600 },
-  });
-  page = context.pages()[0] || (await context.newPage());
-  await page.goto(termUrl, { waitUntil: 'domcontentloaded', timeout: 30000 });
-  const form = page.locator('form[action="/login"]');
-  await form.locator('input[name="password"]').waitFor({ state: 'visible', timeout: 15000 });
-  await shot('term-01-login.png');
-  await form.locator('input[name="username"]').fill(user);
-  await form.locator('input[name="password"]').fill(password);
-  await form.locator('input[name="password"]').press('Enter');
+  await logIn(termUrl, () => shot('term-01-login.png'));
 
   // The shell answers: a marker computed by the shell (so the echo of the typed line
   // cannot match), and its pid, to tell the same shell after the reload.
@@ -108,20 +75,4 @@ async function run() {
   await waitForText('the same shell', (t) => t.includes(`again-42 ${pid}`));
   summary.sameShell = true;
   await shot('term-03-reloaded.png');
-  summary.ok = true;
-}
-
-let code = 0;
-try {
-  await run();
-} catch (e) {
-  code = 1;
-  summary.error = e.message.split('\n')[0];
-  console.error(`terminal.mjs: FAILED: ${e.message}`);
-  if (page) await shot('term-failure.png');
-} finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-console.log(JSON.stringify(summary));
-process.exit(code);
+});

@@ -77,7 +77,11 @@ pub async fn ensure(user: &WorkspaceUser, source: &RepoSource, reporter: &StateR
     };
     match child.wait().await {
         Ok(status) if status.success() => {
-            mark_done(user);
+            if let Err(e) = crate::write_marker(user, &user.home.join(MARKER)) {
+                // The clone is there; without the marker a later start leaves it alone
+                // anyway (it finds `.git`), unless the user removes the checkout.
+                println!("cove agent: cannot remember the clone: {e:#}");
+            }
             println!("cove agent: cloned {what}");
             Outcome::Cloned
         }
@@ -127,19 +131,6 @@ async fn follow_progress(
         last = rest;
     }
     last
-}
-
-fn mark_done(user: &WorkspaceUser) {
-    let marker = user.home.join(MARKER);
-    if let Some(dir) = marker.parent() {
-        let _ = std::fs::create_dir_all(dir);
-        if user.switch {
-            let _ = nix::unistd::chown(dir, Some(user.uid.into()), Some(user.gid.into()));
-        }
-    }
-    if std::fs::write(&marker, "").is_ok() && user.switch {
-        let _ = nix::unistd::chown(&marker, Some(user.uid.into()), Some(user.gid.into()));
-    }
 }
 
 fn find_in_path(path: &str, program: &str) -> Option<std::path::PathBuf> {

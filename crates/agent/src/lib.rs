@@ -203,15 +203,36 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Makes `dir` (and its parents) and gives it to the user if it is new or root's.
+/// Makes `dir` and gives it to the user if it is new or root's; parents it has to make on
+/// the way (say `~/.cove` for `~/.cove/lifecycle`) are the user's too.
 pub(crate) fn ensure_user_dir(user: &user::WorkspaceUser, dir: &Path) -> anyhow::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     if user.switch {
-        let meta = std::fs::metadata(dir)?;
-        if std::os::unix::fs::MetadataExt::uid(&meta) != user.uid {
-            nix::unistd::chown(dir, Some(user.uid.into()), Some(user.gid.into()))
-                .with_context(|| format!("give {} to {}", dir.display(), user.name))?;
+        let give = |d: &Path| {
+            nix::unistd::chown(d, Some(user.uid.into()), Some(user.gid.into()))
+                .with_context(|| format!("give {} to {}", d.display(), user.name))
+        };
+        for made in missing.iter().rev() {
+            give(made)?;
         }
+        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?) != user.uid {
+            give(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes an empty marker file of the user's (a step done once per workspace, remembered
+/// on the volume), making its directory as [`ensure_user_dir`] does.
+pub(crate) fn write_marker(user: &user::WorkspaceUser, marker: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = marker.parent() {
+        ensure_user_dir(user, dir)?;
+    }
+    std::fs::write(marker, "").with_context(|| format!("write {}", marker.display()))?;
+    if user.switch {
+        nix::unistd::chown(marker, Some(user.uid.into()), Some(user.gid.into()))
+            .with_context(|| format!("give {} to {}", marker.display(), user.name))?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@
 //! environment of the hooks and of the terminal's and SSH's processes ([`Lifecycle::apply_env`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cove_core::agent::AgentState;
@@ -240,7 +240,7 @@ impl Runner<'_> {
             return Ok(false);
         }
         self.run(hook, command).await?;
-        if let Err(e) = write_marker(self.user, &marker) {
+        if let Err(e) = crate::write_marker(self.user, &marker) {
             println!("cove agent: cannot remember that {} ran ({e}); it runs again at the next start", hook.name());
         }
         Ok(true)
@@ -249,14 +249,6 @@ impl Runner<'_> {
 
 fn marker(user: &WorkspaceUser, hook: Hook) -> PathBuf {
     user.home.join(MARKERS).join(format!("{}.done", hook.name()))
-}
-
-fn write_marker(user: &WorkspaceUser, marker: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = marker.parent() {
-        crate::ensure_user_dir(user, dir)?;
-    }
-    std::fs::write(marker, "")?;
-    Ok(())
 }
 
 async fn pass_on(stream: impl AsyncRead + Unpin, prefix: String) {
@@ -362,6 +354,7 @@ pub fn on_attach(agent: &Agent) {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn user(home: &Path) -> WorkspaceUser {
         WorkspaceUser {

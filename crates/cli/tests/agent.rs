@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,10 +31,6 @@ fn image_without_user(tiny: &str) -> String {
     let out = Command::new("podman").args(["build", "--force-rm", "-q", "-t", &tag]).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "podman build: {}", String::from_utf8_lossy(&out.stderr));
     tag
-}
-
-fn run_dir(server: &TestServer, name: &str) -> PathBuf {
-    server.data_dir.join("run").join(server.workspace_id(name).to_string())
 }
 
 /// One HTTP/1.1 GET on a unix socket; the status code.
@@ -92,7 +88,7 @@ fn the_agent_endpoint_needs_this_workspace_and_this_start_secret() {
     for name in ["one", "two"] {
         server.wait_for(name, "the agent's ready report", WAIT, |w| w["agent"]["state"] == "ready");
     }
-    let (one, two) = (run_dir(&server, "one"), run_dir(&server, "two"));
+    let (one, two) = (server.run_dir("one"), server.run_dir("two"));
     let secret = |dir: &Path| std::fs::read_to_string(dir.join("secret")).unwrap().trim().to_string();
     let (s1, s2) = (secret(&one), secret(&two));
     assert_eq!(s1.len(), 64, "256 bits in hex");

@@ -100,7 +100,7 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     server.ok(&["create", "ed", "--image", &image, "--memory", "2g", "--cpus", "2"]);
     // The image has no Node.js: what runs is the mounted one.
     assert!(!server.cove(&["exec", "ed", "--", "sh", "-c", "command -v node"]).status.success());
-    let run_dir = server.data_dir.join("run").join(server.workspace_id("ed").to_string());
+    let run_dir = server.run_dir("ed");
     let socket = run_dir.join("user/code.sock");
 
     let (location, page) = poll("VS Code's page on code-server's socket", WAIT, || workbench(&socket));
@@ -150,18 +150,7 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
 
     // In a real Chromium: log in, the workbench on ~/project, a command typed into the
     // integrated terminal runs in the workspace (the file it writes is there).
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
-    let out = Command::new("node")
-        .arg("tests/browser/vscode.mjs")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("CODE_URL", format!("http://{host}/"))
-        .env("COVE_PASSWORD", server.admin_password())
-        .env("SCREENSHOT_DIR", &shots)
-        .output()
-        .expect("node must be installed (scripts/install-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "VS Code in the browser:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let summary = browser(&server, "vscode.mjs", &[("CODE_URL", format!("http://{host}/"))]);
     assert_eq!(summary["folder"], "/home/cove/project", "{summary}");
     let proof = poll("the file the integrated terminal wrote", WAIT, || {
         let out = server.cove(&["exec", "ed", "--", "cat", "project/vscode-proof.txt"]);

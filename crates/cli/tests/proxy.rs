@@ -214,19 +214,7 @@ fn a_browser_logs_in_sees_the_starting_page_then_the_app_and_its_websocket() {
     let server = TestServer::start();
     let host = workspace_with_upstream(&server, "site");
     server.ok(&["stop", "site"]);
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
-    let out = std::process::Command::new("node")
-        .arg("tests/browser/wake.mjs")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("APP_URL", format!("http://{host}/"))
-        .env("COVE_USER", "admin")
-        .env("COVE_PASSWORD", server.admin_password())
-        .env("SCREENSHOT_DIR", &shots)
-        .output()
-        .expect("node must be installed (scripts/install-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let summary = support::browser(&server, "wake.mjs", &[("APP_URL", format!("http://{host}/"))]);
     assert_eq!(summary["sawStartingPage"], true, "{summary}");
     assert_eq!(summary["wsResult"], "echo: ping", "{summary}");
     poll("the workspace to run", WAIT, || (state(&server.show("site")) == ("Running", "Running")).then_some(()));

@@ -6,12 +6,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{poll, state, TestServer};
+use support::{state, TestServer};
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -73,13 +73,7 @@ fn the_web_terminal_runs_a_shell_in_a_real_workspace() {
     let server = TestServer::start();
     server.ok(&["create", "term", "--image", &server.image]);
     assert_eq!(state(&server.show("term")), ("Running", "Running"));
-    let run: PathBuf = server.data_dir.join("run").join(server.workspace_id("term").to_string());
-    let socket = run.join("agent.sock");
-    let secret = poll("the agent's socket and secret", WAIT, || {
-        let secret = std::fs::read_to_string(run.join("secret")).ok()?;
-        std::os::unix::net::UnixStream::connect(&socket).ok()?;
-        Some(secret.trim().to_string())
-    });
+    let (socket, secret) = server.agent_endpoint("term", WAIT);
 
     let rt = support::rt();
     let mut again = rt.block_on(async {
@@ -135,18 +129,8 @@ fn the_web_terminal_works_in_a_browser_through_the_proxy_and_survives_a_reload()
     let server = TestServer::start();
     server.ok(&["create", "shell"]);
     server.ok(&["stop", "shell"]);
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
-    let out = std::process::Command::new("node")
-        .arg("tests/browser/terminal.mjs")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("TERM_URL", format!("http://term--shell--admin.localhost:{}/", server.port()))
-        .env("COVE_PASSWORD", server.admin_password())
-        .env("SCREENSHOT_DIR", &shots)
-        .output()
-        .expect("node must be installed (scripts/install-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let url = format!("http://term--shell--admin.localhost:{}/", server.port());
+    let summary = support::browser(&server, "terminal.mjs", &[("TERM_URL", url)]);
     assert_eq!(summary["sawStartingPage"], true, "{summary}");
     assert_eq!(summary["replayed"], true, "{summary}");
     assert_eq!(summary["sameShell"], true, "{summary}");
@@ -161,13 +145,7 @@ fn the_web_terminal_works_in_a_browser_through_the_proxy_and_survives_a_reload()
 fn terminal_input_postpones_the_idle_stop_and_its_absence_lets_it_come() {
     let server = TestServer::start();
     server.ok(&["create", "busy", "--idle-timeout", "4s"]);
-    let run: PathBuf = server.data_dir.join("run").join(server.workspace_id("busy").to_string());
-    let socket = run.join("agent.sock");
-    let secret = poll("the agent's socket and secret", WAIT, || {
-        let secret = std::fs::read_to_string(run.join("secret")).ok()?;
-        std::os::unix::net::UnixStream::connect(&socket).ok()?;
-        Some(secret.trim().to_string())
-    });
+    let (socket, secret) = server.agent_endpoint("busy", WAIT);
     let rt = support::rt();
     let mut term = rt.block_on(attach(&socket, &secret, None));
     // Three timeouts' worth of typing, a keystroke every half second.

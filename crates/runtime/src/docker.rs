@@ -487,10 +487,12 @@ impl Backend for DockerBackend {
     }
 
     async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()> {
-        let containers = self.containers_of(spec.workspace).await?;
-        let existing =
-            containers.iter().position(Listed::is_running).or(if containers.is_empty() { None } else { Some(0) });
-        let (container, helper) = match existing.and_then(|i| containers[i].id.clone()) {
+        let own = match self.container_of(spec.workspace).await {
+            Ok(listed) => listed.id,
+            Err(BackendError::NoContainer) => None,
+            Err(e) => return Err(e),
+        };
+        let (container, helper) = match own {
             Some(id) => (id, false),
             None => (self.push_helper(spec).await?, true),
         };

@@ -58,20 +58,11 @@ pub enum ArchiveError {
 
 /// Checks `to` (a folder relative to the workspace home) and returns it normalised.
 pub fn target_folder(to: &str) -> Result<PathBuf, ApiError> {
-    let path = Path::new(to.trim_matches('/'));
-    let mut clean = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => clean.push(part),
-            Component::CurDir => {}
-            _ => {
-                return Err(ApiError::InvalidRequest(format!(
-                    "to={to:?} must be a folder inside the workspace home, like project or project/src"
-                )))
-            }
-        }
-    }
-    Ok(clean)
+    relative_path(Path::new(to.trim_matches('/'))).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "to={to:?} must be a folder inside the workspace home, like project or project/src"
+        ))
+    })
 }
 
 /// Copies the archive `input` to `output`, rewritten under `to/` as the module docs say.

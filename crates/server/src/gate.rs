@@ -292,7 +292,8 @@ impl AppGate {
             Some(target) => target,
             None => return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string()))),
         };
-        if target == Target::Editor && !self.state.config.data_dir.join("editor/current").exists() {
+        // The same rule the runtime mounts the editor by.
+        if target == Target::Editor && cove_runtime::editor::current(&self.state.config.data_dir).is_none() {
             return Ok(Verdict::Respond(pages::html(
                 StatusCode::NOT_FOUND,
                 "No editor installed",

@@ -240,6 +240,23 @@ impl TestServer {
         self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// A workspace's run directory on the host (the agent's sockets and secret).
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("run").join(self.workspace_id(name).to_string())
+    }
+
+    /// The agent's socket and this start's secret, once the agent listens.
+    pub fn agent_endpoint(&self, name: &str, timeout: Duration) -> (PathBuf, String) {
+        let run = self.run_dir(name);
+        let socket = run.join("agent.sock");
+        let secret = poll("the agent's socket and secret", timeout, || {
+            let secret = std::fs::read_to_string(run.join("secret")).ok()?;
+            std::os::unix::net::UnixStream::connect(&socket).ok()?;
+            Some(secret.trim().to_string())
+        });
+        (socket, secret)
+    }
+
     pub fn workspace_id(&self, name: &str) -> WorkspaceId {
         self.show(name)["id"].as_str().unwrap().parse().unwrap()
     }
@@ -250,6 +267,25 @@ impl Drop for TestServer {
         self.kill();
         self.engine.sweep();
     }
+}
+
+/// Runs `tests/browser/<script>` (playwright-core driving Debian's Chromium) with `env`
+/// and the admin's password, screenshots under `target/browser`; fails the test unless the
+/// script passed, and returns the JSON summary it printed last.
+pub fn browser(server: &TestServer, script: &str, env: &[(&str, String)]) -> Value {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser");
+    let out = Command::new("node")
+        .arg(format!("tests/browser/{script}"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("COVE_USER", "admin")
+        .env("COVE_PASSWORD", server.admin_password())
+        .env("SCREENSHOT_DIR", &shots)
+        .output()
+        .expect("node must be installed (scripts/install-deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
 
 /// Calls `f` until it returns `Some`, or panics after `timeout` naming `what`.
