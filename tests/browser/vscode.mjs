@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // vscode.mjs — VS Code in the browser through Cove, in a real (Debian) Chromium: the code
 // address of a workspace -> login -> the workbench on ~/project -> the integrated terminal
-// runs a command typed into it (which writes ~/project/vscode-proof.txt; the caller checks
-// the file inside the workspace, since VS Code draws its terminal on a canvas).
+// runs a command typed into it (which writes ~/project/vscode-proof.txt: the script waits
+// for it in the explorer, the caller checks its content and owner inside the workspace).
 //
 //   CODE_URL=http://code--api--admin.localhost:7080/ COVE_PASSWORD=... node tests/browser/vscode.mjs
 //
@@ -17,7 +17,7 @@ if (!env.CODE_URL || !env.COVE_PASSWORD) {
   console.error('vscode.mjs: set CODE_URL and COVE_PASSWORD');
   process.exit(2);
 }
-const summary = { ok: false, folder: null, error: null };
+const summary = { ok: false, folder: null, typed: false, error: null };
 
 await session('vscode', summary, { width: 1200, height: 800 }, async ({ page, shot, logIn }) => {
   await logIn(env.CODE_URL);
@@ -33,10 +33,23 @@ await session('vscode', summary, { width: 1200, height: 800 }, async ({ page, sh
     await page.waitForTimeout(2000);
   }
   await page.locator('.xterm').first().waitFor({ timeout: 30000 });
-  await page.waitForTimeout(2000); // the shell's prompt
-  await page.locator('.xterm').first().click();
-  await page.keyboard.type('echo "typed in vscode $((6*7))" > ~/project/vscode-proof.txt');
-  await page.keyboard.press('Enter');
-  await page.waitForTimeout(1500);
+  // Keys typed before the shell is attached are lost, and VS Code draws the terminal on a
+  // canvas: type the command, then watch the explorer for the file it makes; type again
+  // (after Ctrl+C clears a half-typed line) until the file shows, within the deadline.
+  const proof = page.locator('.explorer-folders-view .monaco-list-row', { hasText: 'vscode-proof.txt' });
+  const typing = Date.now() + 90000;
+  for (;;) {
+    await page.locator('.xterm').first().click();
+    await page.keyboard.press('Control+c');
+    await page.keyboard.type('echo "typed in vscode $((6*7))" > ~/project/vscode-proof.txt');
+    await page.keyboard.press('Enter');
+    try {
+      await proof.first().waitFor({ timeout: 10000 });
+      break;
+    } catch (e) {
+      if (Date.now() > typing) throw new Error(`the integrated terminal never ran the typed command: ${e.message}`);
+    }
+  }
+  summary.typed = true;
   await shot('vscode-02-terminal.png');
 });

@@ -152,6 +152,7 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     // integrated terminal runs in the workspace (the file it writes is there).
     let summary = browser(&server, "vscode.mjs", &[("CODE_URL", format!("http://{host}/"))]);
     assert_eq!(summary["folder"], "/home/cove/project", "{summary}");
+    assert_eq!(summary["typed"], true, "{summary}");
     let proof = poll("the file the integrated terminal wrote", WAIT, || {
         let out = server.cove(&["exec", "ed", "--", "cat", "project/vscode-proof.txt"]);
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
