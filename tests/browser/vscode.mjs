@@ -41,7 +41,9 @@ await session('vscode', summary, { width: 1200, height: 800 }, async ({ page, sh
   for (;;) {
     await page.locator('.xterm').first().click();
     await page.keyboard.press('Control+c');
-    await page.keyboard.type('echo "typed in vscode $((6*7))" > ~/project/vscode-proof.txt');
+    // Written aside, then moved only if it holds the line: a command that lost its first
+    // keys makes no proof file (or a syntax error), never an empty one.
+    await page.keyboard.type('echo "typed in vscode $((6*7))" | tee /tmp/vscode-proof >/dev/null && test -s /tmp/vscode-proof && mv /tmp/vscode-proof ~/project/vscode-proof.txt');
     await page.keyboard.press('Enter');
     try {
       await proof.first().waitFor({ timeout: 10000 });

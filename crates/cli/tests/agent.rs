@@ -114,6 +114,8 @@ fn the_agent_endpoint_needs_this_workspace_and_this_start_secret() {
     server.ok(&["restart", "one"]);
     let fresh = poll("a new secret after the restart", WAIT, || {
         let s = std::fs::read_to_string(one.join("secret")).ok()?.trim().to_string();
+        // The new agent writes its secret just before it listens.
+        std::os::unix::net::UnixStream::connect(&socket).ok()?;
         (s != s1 && get_status(&socket, "/health", Some(&s)) == 200).then_some(s)
     });
     assert_eq!(get_status(&socket, "/health", Some(&s1)), 401, "the secret of the previous start");
