@@ -129,6 +129,19 @@ pub struct Quotas {
     pub max_memory_bytes: Option<u64>,
 }
 
+/// One time a workspace ran, as the store recorded it from observed state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunInterval {
+    pub workspace: WorkspaceId,
+    pub workspace_name: String,
+    pub owner: UserId,
+    /// Its size while it ran.
+    pub resources: Resources,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it still runs.
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
 /// A user's Git token for one host, as stored: encrypted (the store never sees the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitToken {
@@ -155,7 +168,18 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces every quota at once (`None` removes that limit).
     async fn quota_set(&self, quotas: Quotas) -> Result<()>;
 
+    /// A free-form instance setting (such as the dashboard's prices), if set.
+    async fn setting_get(&self, key: &str) -> Result<Option<String>>;
+    async fn setting_set(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Run intervals that overlap `[since, now]`, oldest first. Intervals are opened and
+    /// closed by `workspace_set_actual` (a write of `Running` opens one, any other state
+    /// closes it) and closed by `workspace_delete`.
+    async fn run_list(&self, since: DateTime<Utc>) -> Result<Vec<RunInterval>>;
+
     async fn user_count(&self) -> Result<u64>;
+    /// Every user, by name.
+    async fn user_list(&self) -> Result<Vec<User>>;
     /// `Conflict` when the name is taken.
     async fn user_create(&self, new: NewUser) -> Result<User>;
     async fn user_get(&self, id: UserId) -> Result<User>;

@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, UserPatch,
-    WorkspacePatch,
+    AuditEntry, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, RunInterval, Store, StoreError,
+    UserPatch, WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -176,6 +176,52 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn setting_get(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.pool).await?)
+    }
+
+    async fn setting_set(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn run_list(&self, since: DateTime<Utc>) -> Result<Vec<RunInterval>> {
+        let rows = sqlx::query(
+            "SELECT workspace_id, workspace_name, owner_id, cpus_milli, memory_bytes, started_at, stopped_at \
+             FROM workspace_runs WHERE stopped_at IS NULL OR stopped_at >= ? ORDER BY started_at, id",
+        )
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunInterval {
+                    workspace: text(row, "workspace_id", str::parse)?,
+                    workspace_name: row.try_get("workspace_name")?,
+                    owner: text(row, "owner_id", str::parse)?,
+                    resources: Resources {
+                        cpus_milli: int(row, "cpus_milli")?,
+                        memory_bytes: int(row, "memory_bytes")?,
+                        disk_bytes: None,
+                    },
+                    started_at: time(row, "started_at")?,
+                    stopped_at: optional_time(row, "stopped_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn user_list(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from_row).collect()
     }
 
     async fn user_count(&self) -> Result<u64> {
@@ -471,6 +517,7 @@ impl Store for SqliteStore {
         message: Option<&str>,
         actual_generation: i64,
     ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let written = sqlx::query(
             "UPDATE workspaces SET actual = ?1, message = ?2, actual_generation = ?3 \
              WHERE id = ?4 AND actual_generation < ?3",
@@ -479,21 +526,42 @@ impl Store for SqliteStore {
         .bind(message)
         .bind(actual_generation)
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if written > 0 {
+            let at = now().timestamp_millis();
+            if actual == ActualState::Running {
+                // Opens a run unless one is open (a repeated Running observation).
+                sqlx::query(
+                    "INSERT INTO workspace_runs (workspace_id, workspace_name, owner_id, cpus_milli, memory_bytes, started_at) \
+                     SELECT id, name, owner_id, cpus_milli, memory_bytes, ?1 FROM workspaces w WHERE id = ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM workspace_runs r WHERE r.workspace_id = w.id AND r.stopped_at IS NULL)",
+                )
+                .bind(at)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                close_runs(&mut *tx, id, at).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(written > 0)
     }
 
     async fn workspace_delete(&self, id: WorkspaceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM workspaces WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
+        close_runs(&mut *tx, id, now().timestamp_millis()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -689,6 +757,16 @@ fn insert_error(e: sqlx::Error, conflict: impl FnOnce() -> String) -> StoreError
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
         _ => e.into(),
     }
+}
+
+/// Ends a workspace's open run, if any, at `at` (unix ms).
+async fn close_runs<'c>(db: impl SqliteExecutor<'c>, id: WorkspaceId, at: i64) -> Result<()> {
+    sqlx::query("UPDATE workspace_runs SET stopped_at = MAX(started_at, ?1) WHERE workspace_id = ?2 AND stopped_at IS NULL")
+        .bind(at)
+        .bind(id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 async fn workspace_fetch<'c>(db: impl SqliteExecutor<'c>, id: WorkspaceId) -> Result<Workspace> {

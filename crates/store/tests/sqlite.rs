@@ -622,3 +622,55 @@ async fn a_disabled_user_authenticates_no_token() {
     let missing = f.store.user_patch(cove_core::UserId::new_random(), cove_store::UserPatch::default()).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
+
+#[tokio::test]
+async fn observed_running_opens_a_run_and_anything_else_or_deletion_closes_it() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let ws = f.workspace(&ada, "api").await;
+    let before = Utc::now() - Duration::seconds(1);
+    assert!(f.store.run_list(before).await.unwrap().is_empty());
+
+    assert!(f.store.workspace_set_actual(ws.id, ActualState::Starting, None, 1).await.unwrap());
+    assert!(f.store.run_list(before).await.unwrap().is_empty(), "starting is not running");
+    assert!(f.store.workspace_set_actual(ws.id, ActualState::Running, None, 2).await.unwrap());
+    // Running seen again (a later pass) keeps the one open run.
+    assert!(f.store.workspace_set_actual(ws.id, ActualState::Running, None, 3).await.unwrap());
+    let runs = f.store.run_list(before).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].workspace_name, "api");
+    assert_eq!(runs[0].owner, ada.id);
+    assert_eq!(runs[0].resources.cpus_milli, 1500);
+    assert_eq!(runs[0].stopped_at, None);
+
+    // An older generation loses and records nothing.
+    assert!(!f.store.workspace_set_actual(ws.id, ActualState::Stopped, None, 2).await.unwrap());
+    assert_eq!(f.store.run_list(before).await.unwrap()[0].stopped_at, None);
+    assert!(f.store.workspace_set_actual(ws.id, ActualState::Stopped, None, 4).await.unwrap());
+    let runs = f.store.run_list(before).await.unwrap();
+    let stopped = runs[0].stopped_at.expect("the run is closed by the stop");
+    assert!(stopped >= runs[0].started_at);
+
+    // A second run, ended by the deletion of the record; it outlives the workspace.
+    assert!(f.store.workspace_set_actual(ws.id, ActualState::Running, None, 5).await.unwrap());
+    f.store.workspace_delete(ws.id).await.unwrap();
+    let f = f.reopen().await;
+    let runs = f.store.run_list(before).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.stopped_at.is_some()), "{runs:?}");
+    // Runs that ended before `since` are left out.
+    assert!(f.store.run_list(Utc::now() + Duration::seconds(5)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn settings_and_the_user_list() {
+    let f = Fixture::new().await;
+    assert_eq!(f.store.setting_get("price.cpu_hour").await.unwrap(), None);
+    f.store.setting_set("price.cpu_hour", "0.04").await.unwrap();
+    f.store.setting_set("price.cpu_hour", "0.05").await.unwrap();
+    assert_eq!(f.store.setting_get("price.cpu_hour").await.unwrap().as_deref(), Some("0.05"));
+    f.user("zed").await;
+    f.user("ada").await;
+    let names: Vec<_> = f.store.user_list().await.unwrap().iter().map(|u| u.name.to_string()).collect();
+    assert_eq!(names, ["ada", "zed"]);
+}
