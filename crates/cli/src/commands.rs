@@ -319,9 +319,9 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
         ("memory", format_size(w.memory_bytes)),
         ("disk", w.disk_bytes.map_or_else(|| "-".into(), format_size)),
         ("idle stop", idle),
-        ("awake", awake(&w, now)),
-        ("agent", agent_line(&w, now)),
-        ("sessions", sessions_line(&w)),
+        ("awake", w.awake(now)),
+        ("agent", w.agent_line(now)),
+        ("sessions", w.sessions_line()),
         ("apps", w.app_url.replace("{app}", "PORT")),
         ("editor", w.app_url.replace("{app}", "code")),
         ("terminal", w.app_url.replace("{app}", "term")),
@@ -773,42 +773,6 @@ pub async fn status(client: &Client) -> anyhow::Result<ExitCode> {
     let status: Value = client.get("/api/v1/status").await?;
     println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Why a running workspace is still up and when it will stop.
-fn awake(w: &WorkspaceView, now: chrono::DateTime<Utc>) -> String {
-    if w.actual_state != ActualState::Running {
-        return "-".into();
-    }
-    let why = match (&w.last_activity_at, &w.last_activity_kind) {
-        (Some(at), Some(kind)) if *at > w.updated_at => format!("last activity {} ago ({kind})", age(*at, now)),
-        _ => format!("started or changed {} ago, no activity since", age(w.updated_at, now)),
-    };
-    match w.idle_stop_at {
-        Some(at) if at > now => format!("{why}; stops in {} unless used", age(now, at)),
-        Some(_) => format!("{why}; stopping for idleness"),
-        None => format!("{why}; no idle stop"),
-    }
-}
-
-/// What the in-workspace agent last said: `ready (0.1.0, 5s ago)`.
-fn agent_line(w: &WorkspaceView, now: chrono::DateTime<Utc>) -> String {
-    let Some(agent) = &w.agent else {
-        return if w.actual_state == ActualState::Running { "not reported yet".into() } else { "-".into() };
-    };
-    let state = serde_json::to_value(agent.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    let message = agent.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-    format!("{state}{message} ({}, {} ago)", agent.version, age(agent.reported_at, now))
-}
-
-/// Sessions open in the workspace now, by kind: `ssh 1, terminal 2`, or `none`.
-fn sessions_line(w: &WorkspaceView) -> String {
-    match &w.agent {
-        Some(agent) if !agent.sessions.is_empty() => {
-            agent.sessions.iter().map(|(kind, n)| format!("{kind} {n}")).collect::<Vec<_>>().join(", ")
-        }
-        _ => "none".into(),
-    }
 }
 
 #[derive(clap::Args)]

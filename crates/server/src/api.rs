@@ -164,6 +164,12 @@ async fn create_user(
     caller: Caller,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let user = user_create(&state, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+/// An admin makes a user (the API's `POST /users` and the dashboard's form).
+pub async fn user_create(state: &AppState, caller: &Caller, body: CreateUser) -> Result<cove_core::User, ApiError> {
     caller.require_admin()?;
     let name = Name::parse(&body.username).map_err(|e| ApiError::InvalidRequest(format!("invalid username: {e}")))?;
     if body.password.chars().count() < 12 {
@@ -173,16 +179,14 @@ async fn create_user(
     let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal("password hash", e))??;
-    let user =
-        state.store.user_create(NewUser { name, role: body.role.unwrap_or(Role::Member), password_hash }).await?;
-    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+    Ok(state.store.user_create(NewUser { name, role: body.role.unwrap_or(Role::Member), password_hash }).await?)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
-    since: Option<chrono::DateTime<Utc>>,
-    limit: Option<u32>,
+pub struct AuditQuery {
+    pub since: Option<chrono::DateTime<Utc>>,
+    pub limit: Option<u32>,
 }
 
 const AUDIT_DEFAULT_LIMIT: u32 = 100;
@@ -207,7 +211,7 @@ async fn audit_list(
 }
 
 /// The same as JSON lines, for log pipelines; up to 10000 entries unless `?limit=`.
-async fn audit_export(
+pub async fn audit_export(
     State(state): State<AppState>,
     caller: Caller,
     q: Result<Query<AuditQuery>, QueryRejection>,
@@ -234,6 +238,11 @@ async fn set_quotas(
     caller: Caller,
     ApiJson(body): ApiJson<SetQuotas>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(crate::quotas::view(&quotas_set(&state, &caller, body).await?)))
+}
+
+/// An admin replaces every quota (the API's `PUT /admin/quotas` and the dashboard's form).
+pub async fn quotas_set(state: &AppState, caller: &Caller, body: SetQuotas) -> Result<cove_store::Quotas, ApiError> {
     caller.require_admin()?;
     let max_cpus_milli = match body.max_cpus {
         Some(cpus) if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) => {
@@ -264,14 +273,14 @@ async fn set_quotas(
     };
     state.store.quota_set(quotas).await?;
     tracing::info!(admin = %caller.0.name, ?quotas, "quotas set");
-    Ok(Json(crate::quotas::view(&quotas)))
+    Ok(quotas)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct PatchUser {
-    disabled: Option<bool>,
-    password: Option<String>,
+pub struct PatchUser {
+    pub disabled: Option<bool>,
+    pub password: Option<String>,
 }
 
 /// Admins disable or enable a user (their tokens stop or start working at once) or set a
@@ -282,6 +291,16 @@ async fn patch_user(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<PatchUser>,
 ) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(UserView::from(&user_patch(&state, &caller, &key, body).await?)))
+}
+
+/// An admin disables, enables or sets the password of a user, by id or name.
+pub async fn user_patch(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    body: PatchUser,
+) -> Result<cove_core::User, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::NotFound(format!("user {key} not found"));
     let user = if let Ok(id) = key.parse::<cove_core::UserId>() {
@@ -290,7 +309,7 @@ async fn patch_user(
             other => other?,
         }
     } else {
-        let name = Name::parse(&key).map_err(|_| not_found())?;
+        let name = Name::parse(key).map_err(|_| not_found())?;
         state.store.user_get_by_name_with_password(&name).await?.ok_or_else(not_found)?.0
     };
     if body.disabled.is_none() && body.password.is_none() {
@@ -313,7 +332,7 @@ async fn patch_user(
     let patch = cove_store::UserPatch { disabled: body.disabled, password_hash };
     let user = state.store.user_patch(user.id, patch).await?;
     tracing::info!(admin = %caller.0.name, user = %user.name, disabled = user.disabled, "user changed");
-    Ok(Json(UserView::from(&user)))
+    Ok(user)
 }
 
 async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
@@ -323,9 +342,20 @@ async fn list_tokens(State(state): State<AppState>, Caller(user, _): Caller) -> 
 
 async fn create_token(
     State(state): State<AppState>,
-    Caller(user, access): Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let (secret, token) = token_create(&state, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
+}
+
+/// Makes a token for the caller, no wider than the caller's own; the secret is returned
+/// once.
+pub async fn token_create(
+    state: &AppState,
+    Caller(user, access): &Caller,
+    body: CreateToken,
+) -> Result<(String, cove_core::ApiToken), ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 64 {
         return Err(ApiError::InvalidRequest("token name must be 1-64 characters".into()));
@@ -348,8 +378,7 @@ async fn create_token(
             access.scope
         )));
     }
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, name, scope, expires_at).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "info": TokenView::from(&token) }))))
+    auth::issue_token(state.store.as_ref(), user, name, scope, expires_at).await
 }
 
 /// A Git host as git's credential protocol names it: a DNS name or address, with a port
@@ -542,13 +571,13 @@ async fn exec(
 }
 
 #[derive(Deserialize)]
-struct LogsQuery {
+pub struct LogsQuery {
     #[serde(default)]
-    follow: bool,
-    tail: Option<u64>,
+    pub follow: bool,
+    pub tail: Option<u64>,
 }
 
-async fn logs(
+pub async fn logs(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,
@@ -583,7 +612,7 @@ async fn list_apps(
     Ok(Json(shares.into_iter().map(|(app, share)| app_view(&state, &ws, app, share)).collect()))
 }
 
-async fn share_app(
+pub async fn share_app(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path((key, app)): Path<(String, String)>,
@@ -644,7 +673,7 @@ async fn tcp(
     Ok(upgrade.on_upgrade(move |socket| tunnel::pipe(state, id, socket, stream, tunnel::Activity::Kind("tunnel"))))
 }
 
-async fn ports(
+pub async fn ports(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,

@@ -1,6 +1,6 @@
 //! Routes on the dashboard's origin that are pages, not API: logging in with a password
 //! (a session cookie that never leaves this origin), handing out tickets for app hosts,
-//! and `/metrics`. The full dashboard comes later; `/` lists the user's workspaces.
+//! and `/metrics`. The dashboard's pages are in `web`.
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use chrono::Utc;
-use cove_core::{hash_token, ActualState, ApiToken, User};
+use cove_core::{hash_token, ApiToken, User};
 use cove_proxy::parse_host;
 use serde::Deserialize;
 
@@ -18,11 +18,13 @@ pub const SESSION_COOKIE: &str = "cove_session";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(index))
         .route("/login", get(login_page).post(login))
         .route("/logout", axum::routing::post(logout))
         .route("/auth/app", get(app_ticket))
         .route("/metrics", get(metrics))
+        .merge(crate::web::router())
+        // Every state-changing form on this origin carries the session's CSRF token.
+        .layer(axum::middleware::from_fn(crate::web::csrf::layer))
 }
 
 /// The logged-in user and their session's token, from the session cookie.
@@ -138,34 +140,6 @@ fn split_target(target: &str) -> Option<((&str, &str), &str)> {
 async fn may_open(state: &AppState, user: &User, host: &cove_proxy::AppHost) -> bool {
     let route = crate::gate::lookup(state.store.as_ref(), &host.owner, &host.workspace).await;
     route.ok().flatten().is_some_and(|r| r.allows(&host.app, Some(user.id)))
-}
-
-async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some((user, _)) = session_user(&state, &headers).await else {
-        return pages::redirect("/login");
-    };
-    let list = state.store.workspace_list_by_owner(user.id).await.unwrap_or_default();
-    let rows: String = list
-        .iter()
-        .map(|w| {
-            let running = if w.actual == ActualState::Running { "" } else { " (opening wakes it)" };
-            format!("<li><strong>{}</strong> — {}{running}</li>", pages::escape(w.name.as_str()), w.actual)
-        })
-        .collect();
-    let body = if rows.is_empty() {
-        "<p>No workspaces yet: <code>cove create NAME</code>.</p>".to_string()
-    } else {
-        format!("<ul>{rows}</ul>")
-    };
-    let html = format!(
-        "<h1>Cove</h1><p class=\"muted\">Logged in as {}.</p>{body}<p class=\"muted\">Open an app at \
-<code>http://PORT--WORKSPACE--{}.{}/</code> or with <code>cove open WORKSPACE PORT</code>.</p>\
-<form method=\"post\" action=\"/logout\"><button>Log out</button></form>",
-        pages::escape(user.name.as_str()),
-        pages::escape(user.name.as_str()),
-        pages::escape(&state.config.apps_authority())
-    );
-    pages::html_raw("Cove", &html)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

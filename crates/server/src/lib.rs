@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod tickets;
 pub mod tunnel;
 pub mod views;
+pub mod web;
 pub mod workspaces;
 
 use std::net::SocketAddr;
@@ -187,7 +188,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// the apps domain that are not app hosts get the plain 404 page, not the dashboard.
 pub fn router(state: AppState) -> axum::Router {
     let apps_domain = state.config.apps_domain.clone();
-    api::router(state.clone()).merge(dashboard::router().with_state(state)).layer(axum::middleware::from_fn(
+    let dashboard = dashboard::router()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
+        .with_state(state.clone());
+    api::router(state).merge(dashboard).layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let under_apps_domain = request
                 .headers()

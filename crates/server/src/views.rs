@@ -72,6 +72,57 @@ impl From<&Workspace> for WorkspaceView {
     }
 }
 
+/// What `cove show` and the dashboard say about a workspace beyond its fields.
+impl WorkspaceView {
+    /// Why a running workspace is still up and when it will stop.
+    pub fn awake(&self, now: DateTime<Utc>) -> String {
+        if self.actual_state != ActualState::Running {
+            return "-".into();
+        }
+        let why = match (&self.last_activity_at, &self.last_activity_kind) {
+            (Some(at), Some(kind)) if *at > self.updated_at => format!("last activity {} ago ({kind})", age(*at, now)),
+            _ => format!("started or changed {} ago, no activity since", age(self.updated_at, now)),
+        };
+        match self.idle_stop_at {
+            Some(at) if at > now => format!("{why}; stops in {} unless used", age(now, at)),
+            Some(_) => format!("{why}; stopping for idleness"),
+            None => format!("{why}; no idle stop"),
+        }
+    }
+
+    /// What the in-workspace agent last said: `ready (0.1.0, 5s ago)`.
+    pub fn agent_line(&self, now: DateTime<Utc>) -> String {
+        let Some(agent) = &self.agent else {
+            return if self.actual_state == ActualState::Running { "not reported yet".into() } else { "-".into() };
+        };
+        let state =
+            serde_json::to_value(agent.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let message = agent.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        format!("{state}{message} ({}, {} ago)", agent.version, age(agent.reported_at, now))
+    }
+
+    /// Sessions open in the workspace now, by kind: `ssh 1, terminal 2`, or `none`.
+    pub fn sessions_line(&self) -> String {
+        match &self.agent {
+            Some(agent) if !agent.sessions.is_empty() => {
+                agent.sessions.iter().map(|(kind, n)| format!("{kind} {n}")).collect::<Vec<_>>().join(", ")
+            }
+            _ => "none".into(),
+        }
+    }
+}
+
+/// "42s", "5m", "3h", "2d".
+pub fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - since).num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct AppView {
     pub app: String,

@@ -183,11 +183,13 @@ impl Store for SqliteStore {
     }
 
     async fn setting_set(&self, key: &str, value: &str) -> Result<()> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -218,9 +220,8 @@ impl Store for SqliteStore {
     }
 
     async fn user_list(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.name")).fetch_all(&self.pool).await?;
         rows.iter().map(user_from_row).collect()
     }
 
@@ -761,11 +762,13 @@ fn insert_error(e: sqlx::Error, conflict: impl FnOnce() -> String) -> StoreError
 
 /// Ends a workspace's open run, if any, at `at` (unix ms).
 async fn close_runs<'c>(db: impl SqliteExecutor<'c>, id: WorkspaceId, at: i64) -> Result<()> {
-    sqlx::query("UPDATE workspace_runs SET stopped_at = MAX(started_at, ?1) WHERE workspace_id = ?2 AND stopped_at IS NULL")
-        .bind(at)
-        .bind(id.to_string())
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "UPDATE workspace_runs SET stopped_at = MAX(started_at, ?1) WHERE workspace_id = ?2 AND stopped_at IS NULL",
+    )
+    .bind(at)
+    .bind(id.to_string())
+    .execute(db)
+    .await?;
     Ok(())
 }
 

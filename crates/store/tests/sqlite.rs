@@ -1,7 +1,7 @@
 //! The SQLite store against real database files in a temporary directory.
 
 // A failed unwrap is how a test reports an unexpected error.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 

@@ -1,0 +1,340 @@
+//! The dashboard's pages against the in-memory backend and a real SQLite file: sessions,
+//! CSRF, who sees what, the live event stream, usage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use cove_core::{DesiredState, Name, Role};
+use cove_runtime::FakeBackend;
+use cove_server::{auth, AppState, Config};
+use cove_store::{NewUser, SqliteStore, Store};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+struct Dash {
+    router: axum::Router,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn dash(public_url: &str) -> Dash {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("cove.db")).await.unwrap());
+    for (name, role) in [("alice", Role::Member), ("bob", Role::Member), ("root", Role::Admin)] {
+        let hash = auth::hash_password("pw").unwrap();
+        store.user_create(NewUser { name: Name::parse(name).unwrap(), role, password_hash: hash }).await.unwrap();
+    }
+    let fake = Arc::new(FakeBackend::new());
+    fake.add_image("img:1");
+    let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
+    let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    config.default_image = "img:1".into();
+    config.reconcile = reconcile;
+    config.public_url = public_url.into();
+    let state = AppState {
+        store: store.clone(),
+        backend: fake,
+        reconciler,
+        config: Arc::new(config),
+        instance: "test".into(),
+        routes: Arc::default(),
+        activity: Arc::default(),
+        signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
+        metrics: Arc::default(),
+        agents: Arc::new(cove_server::agents::Agents::new(None)),
+    };
+    Dash { router: cove_server::router(state), store, _dir: dir }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Dash {
+    async fn send(&self, req: Request<Body>) -> Answer {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+        Answer { status, headers, body }
+    }
+
+    /// Logs in through the form; returns the session cookie (`cove_session=...`).
+    async fn login(&self, user: &str) -> String {
+        let req = Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("username={user}&password=pw&next=%2F")))
+            .unwrap();
+        let a = self.send(req).await;
+        assert_eq!(a.status, StatusCode::FOUND, "{}", a.body);
+        let cookie = a.headers[header::SET_COOKIE].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_string()
+    }
+
+    async fn get(&self, cookie: &str, path: &str) -> Answer {
+        self.send(Request::get(path).header(header::COOKIE, cookie).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, cookie: &str, path: &str, form: &str) -> Answer {
+        let req = Request::post(path)
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// The CSRF token the session's pages carry.
+    async fn csrf(&self, cookie: &str) -> String {
+        let page = self.get(cookie, "/new").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let at = page.body.find("name=\"csrf\" value=\"").expect("the form carries a CSRF token") + 19;
+        page.body[at..].split('"').next().unwrap().to_string()
+    }
+
+    async fn workspaces_of(&self, user: &str) -> Vec<cove_core::Workspace> {
+        let (u, _) = self.store.user_get_by_name_with_password(&Name::parse(user).unwrap()).await.unwrap().unwrap();
+        self.store.workspace_list_by_owner(u.id).await.unwrap()
+    }
+}
+
+const NEW_WEB: &str = "name=web&source=image&image=&size=1000%3A1073741824&idle=900";
+
+#[tokio::test]
+async fn pages_need_a_session_and_send_there_after_login() {
+    let d = dash("http://localhost:7080").await;
+    let a = d.send(Request::get("/usage").body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    assert_eq!(a.headers[header::LOCATION], "/login?next=%2Fusage");
+    let cookie = d.login("alice").await;
+    let list = d.get(&cookie, "/").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.body.contains("You have no workspaces yet"), "{}", list.body);
+    assert!(list.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("default-src 'self'"));
+}
+
+#[tokio::test]
+async fn session_cookies_are_http_only_same_site_and_secure_over_https() {
+    for (url, secure) in [("http://localhost:7080", false), ("https://cove.example.com", true)] {
+        let d = dash(url).await;
+        let req = Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("username=alice&password=pw"))
+            .unwrap();
+        let a = d.send(req).await;
+        let cookie = a.headers[header::SET_COOKIE].to_str().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+        assert_eq!(cookie.contains("Secure"), secure, "{url}: {cookie}");
+    }
+}
+
+#[tokio::test]
+async fn a_form_without_its_sessions_csrf_token_is_refused_and_changes_nothing() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let bob = d.login("bob").await;
+    let alices_token = d.csrf(&alice).await;
+    let bobs_token = d.csrf(&bob).await;
+    assert_ne!(alices_token, bobs_token);
+
+    for form in [NEW_WEB.to_string(), format!("{NEW_WEB}&csrf="), format!("{NEW_WEB}&csrf={bobs_token}")] {
+        let a = d.post(&alice, "/new", &form).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{form}: {}", a.body);
+        assert!(a.body.contains("security token"), "{}", a.body);
+    }
+    // No cookie at all: refused too (and not a login redirect that would lose the form).
+    let a = d
+        .send(
+            Request::post("/new")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("{NEW_WEB}&csrf={alices_token}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(d.workspaces_of("alice").await.is_empty(), "a refused form created something");
+    // Logging out is a form too.
+    assert_eq!(d.post(&alice, "/logout", "").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(d.get(&alice, "/").await.status, StatusCode::OK, "the refused logout logged out");
+
+    let a = d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={alices_token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/w/web");
+    let made = d.workspaces_of("alice").await;
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].spec.resources.cpus_milli, 1000);
+    assert_eq!(made[0].idle_timeout_seconds, 900);
+}
+
+#[tokio::test]
+async fn the_wizard_shows_the_apis_refusals_and_keeps_what_was_typed() {
+    let d = dash("http://localhost:7080").await;
+    let root = d.login("root").await;
+    let token = d.csrf(&root).await;
+    // The admin's quota: 1 CPU per workspace. The wizard offers no bigger size...
+    let a = d
+        .post(&root, "/admin/quotas", &format!("csrf={token}&max_cpus=1&max_memory=&max_workspaces=&max_running="))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    let wizard = d.get(&alice, "/new").await.body;
+    assert!(wizard.contains("value=\"1000:1073741824\"") && !wizard.contains("value=\"2000:"), "{wizard}");
+    // ...and a hand-made bigger one gets the API's own message.
+    let a =
+        d.post(&alice, "/new", &format!("csrf={token}&name=big&source=image&size=4000%3A1073741824&idle=900")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("more than the quota of 1 CPUs"), "{}", a.body);
+    assert!(a.body.contains("value=\"big\""), "the name typed is kept");
+    let a =
+        d.post(&alice, "/new", &format!("csrf={token}&name=Not%20a%20name&source=image&size=1000%3A1073741824")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("invalid workspace name"), "{}", a.body);
+    let a = d.post(&alice, "/new", &format!("csrf={token}&name=repo&source=repo&repo=")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("repository"), "{}", a.body);
+    assert!(d.workspaces_of("alice").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_member_gets_the_same_not_found_for_another_members_workspace_as_for_none() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    assert_eq!(d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await.status, StatusCode::SEE_OTHER);
+    let ws = d.workspaces_of("alice").await.remove(0);
+    assert_eq!(d.get(&alice, "/w/web").await.status, StatusCode::OK);
+
+    let bob = d.login("bob").await;
+    let bobs = d.csrf(&bob).await;
+    let unknown = d.get(&bob, &format!("/w/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    for path in [format!("/w/{}", ws.id), "/w/web".into(), format!("/w/{}/delete", ws.id)] {
+        let a = d.get(&bob, &path).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(a.body, unknown.body, "{path} tells more than an unknown address");
+    }
+    // Nor can bob act on it, nor read its logs, nor see it listed.
+    let a = d.post(&bob, &format!("/w/{}/state", ws.id), &format!("csrf={bobs}&to=stopped")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.body, unknown.body);
+    let a = d.post(&bob, &format!("/w/{}/delete", ws.id), &format!("csrf={bobs}&confirm=web")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(d.get(&bob, &format!("/w/{}/logs", ws.id)).await.status, StatusCode::NOT_FOUND);
+    assert!(!d.get(&bob, "/").await.body.contains("/w/"), "bob's list shows a workspace");
+    assert_eq!(d.store.workspace_get(ws.id).await.unwrap().desired, DesiredState::Running);
+    // Nor the admin pages.
+    for path in ["/admin/users", "/admin/quotas", "/admin/audit", "/admin/settings", "/admin/audit.jsonl"] {
+        assert_eq!(d.get(&bob, path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+
+    // An admin sees it (by id) and everyone's list.
+    let root = d.login("root").await;
+    let page = d.get(&root, &format!("/w/{}", ws.id)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Owned by alice"), "{}", page.body);
+    assert!(d.get(&root, "/").await.body.contains(&format!("/w/{}", ws.id)));
+}
+
+#[tokio::test]
+async fn actions_need_confirmation_where_they_destroy() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let a = d.post(&alice, "/w/web/state", &format!("csrf={token}&to=stopped")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(d.workspaces_of("alice").await[0].desired, DesiredState::Stopped);
+    let a = d.post(&alice, "/w/web/delete", &format!("csrf={token}&confirm=wbe")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("Type the workspace&#39;s name"), "{}", a.body);
+    assert_eq!(d.workspaces_of("alice").await[0].desired, DesiredState::Stopped);
+    let a = d.post(&alice, "/w/web/delete", &format!("csrf={token}&confirm=web")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let left = d.workspaces_of("alice").await;
+    assert!(left.is_empty() || left[0].desired == DesiredState::Terminated);
+}
+
+/// Reads the event stream until `pred` holds for an event's data.
+async fn next_event(d: &Dash, cookie: &str, pred: impl Fn(&str) -> bool) -> String {
+    let req = Request::get("/events").header(header::COOKIE, cookie).body(Body::empty()).unwrap();
+    let resp = d.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let frame = body.frame().await.expect("the stream ended").unwrap();
+            if let Ok(data) = frame.into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+                for event in seen.split("\n\n") {
+                    if event.starts_with("event: workspaces") && pred(event) {
+                        return event.to_string();
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no matching event; saw {seen}"))
+}
+
+#[tokio::test]
+async fn the_event_stream_follows_the_state_the_reconciler_records_and_usage_counts_the_run() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    let first = next_event(&d, &alice, |_| true).await;
+    assert!(first.contains("You have no workspaces yet"), "{first}");
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    // The fake backend runs it; the stream says so without a reload.
+    let running = next_event(&d, &alice, |e| e.contains("state-running")).await;
+    assert!(running.contains("/w/web"), "{running}");
+    // Another member's stream does not carry it.
+    let bob = d.login("bob").await;
+    let theirs = next_event(&d, &bob, |_| true).await;
+    assert!(!theirs.contains("web"), "{theirs}");
+
+    // The run is recorded: the usage page lists it, with the chart.
+    let usage = d.get(&alice, "/usage").await;
+    assert_eq!(usage.status, StatusCode::OK);
+    assert!(usage.body.contains("data-usage=\"web\""), "{}", usage.body);
+    assert!(usage.body.contains("<svg"), "{}", usage.body);
+    assert!(!d.get(&bob, "/usage").await.body.contains("data-usage=\"web\""));
+}
+
+#[tokio::test]
+async fn admins_manage_users_and_prices_from_the_pages() {
+    let d = dash("http://localhost:7080").await;
+    let root = d.login("root").await;
+    let token = d.csrf(&root).await;
+    let a = d.post(&root, "/admin/users", &format!("csrf={token}&username=carol&password=short&role=member")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("at least 12 characters"), "{}", a.body);
+    let a = d
+        .post(&root, "/admin/users", &format!("csrf={token}&username=carol&password=a+long+password&role=member"))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let (carol, _) = d.store.user_get_by_name_with_password(&Name::parse("carol").unwrap()).await.unwrap().unwrap();
+    let a = d.post(&root, &format!("/admin/users/{}", carol.id), &format!("csrf={token}&action=disable")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(d.store.user_get(carol.id).await.unwrap().disabled);
+
+    let a = d.post(&root, "/admin/settings", &format!("csrf={token}&cpu_hour=lots&gb_hour=1&currency=%E2%82%AC")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a =
+        d.post(&root, "/admin/settings", &format!("csrf={token}&cpu_hour=0.5&gb_hour=0.25&currency=%E2%82%AC")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(d.get(&root, "/usage").await.body.contains("€0.50 per CPU-hour"));
+    // What the pages did is in the audit log, with who did it.
+    let audit = d.get(&root, "/admin/audit").await.body;
+    assert!(audit.contains("POST /admin/users/{id}") && audit.contains("root"), "{audit}");
+}
