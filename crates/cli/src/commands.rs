@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use chrono::Utc;
-use cove_core::{format_duration, format_size, ActualState, DesiredState};
+use cove_core::{format_duration, format_size, DesiredState};
 use cove_server::views::{ExecFrame, TokenView, UserView, WorkspaceView};
 use futures::StreamExt;
 use reqwest::Method;

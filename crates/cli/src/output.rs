@@ -1,7 +1,5 @@
 //! How the CLI prints: one-line errors, tables, durations.
 
-use chrono::{DateTime, Utc};
-
 /// An error chain as one line: "outer: inner: innermost", without repeats.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = vec![];
@@ -51,7 +49,7 @@ mod tests {
 
     #[test]
     fn ages() {
-        let now = Utc::now();
+        let now = chrono::Utc::now();
         assert_eq!(age(now - chrono::Duration::seconds(5), now), "5s");
         assert_eq!(age(now - chrono::Duration::minutes(5), now), "5m");
         assert_eq!(age(now - chrono::Duration::hours(5), now), "5h");

@@ -673,7 +673,7 @@ async fn tcp(
     Ok(upgrade.on_upgrade(move |socket| tunnel::pipe(state, id, socket, stream, tunnel::Activity::Kind("tunnel"))))
 }
 
-pub async fn ports(
+async fn ports(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,

@@ -138,13 +138,16 @@ pub fn over_quota(ws: &Workspace, message: &str, browser: bool) -> Response {
     }
 }
 
+/// The password form. Single sign-on buttons ("Sign in with <provider>") belong at the
+/// `sign-in-providers` mark, below the form.
 pub fn login_form(next: &str, error: Option<&str>) -> Response {
     let error = error.map(|e| format!("<p role=\"alert\" style=\"color:#b00\">{}</p>", escape(e))).unwrap_or_default();
     let body = format!(
         "<h1>Log in to Cove</h1>{error}<form method=\"post\" action=\"/login\">\
 <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-<input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button type=\"submit\">Log in</button></p></form>",
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button type=\"submit\">Log in</button></p></form>\
+<!-- sign-in-providers: \"Sign in with <provider>\" buttons (OpenID Connect) go here -->",
         next = escape(next)
     );
     let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };

@@ -45,6 +45,19 @@ pub async fn get_json(state: &AppState, ws: &Workspace, path: &str) -> Result<se
     }
 }
 
+/// The same `GET` to a running workspace's agent without waking it or waiting for it
+/// (the dashboard's look at its ports): `None` unless it runs and its agent answers.
+pub async fn peek_json(state: &AppState, ws: &Workspace, path: &str) -> Option<serde_json::Value> {
+    if ws.actual != ActualState::Running || ws.desired != DesiredState::Running {
+        return None;
+    }
+    let (socket, secret) = state.agents.endpoint(ws.id)?;
+    match request(&socket, &secret, path, None).await {
+        Ok(Reply::Answer(Answer::Json(value))) => Some(value),
+        _ => None,
+    }
+}
+
 async fn call(state: &AppState, ws: &Workspace, path: &str, protocol: Option<&str>) -> Result<Answer, ApiError> {
     let deadline = Instant::now() + state.config.wake_wait.max(Duration::from_secs(5));
     wake(state, ws).await?;

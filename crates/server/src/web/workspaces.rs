@@ -277,7 +277,7 @@ async fn wizard(
     let body = format!(
         "<h1>New workspace</h1>{error}<form method=\"post\" action=\"/new\" class=\"wizard\">{csrf}\
 <fieldset><legend>1. Name</legend><label for=\"name\">Workspace name</label>\
-<input id=\"name\" name=\"name\" required pattern=\"[a-z0-9][a-z0-9-]*\" maxlength=\"40\" autocomplete=\"off\" value=\"{name}\" aria-describedby=\"name-hint\">\
+<input id=\"name\" name=\"name\" required maxlength=\"40\" autocomplete=\"off\" value=\"{name}\" aria-describedby=\"name-hint\">\
 <p class=\"hint\" id=\"name-hint\">Lowercase letters, digits and dashes; it becomes part of app addresses.</p></fieldset>\
 <fieldset><legend>2. Source</legend>\
 <label class=\"choice\"><input type=\"radio\" name=\"source\" value=\"repo\"{repo_checked}> A Git repository, cloned into ~/project</label>\
@@ -424,7 +424,7 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
 <section aria-labelledby=\"h-apps\"><h2 id=\"h-apps\">Apps and ports</h2>{apps}</section>\
 <section aria-labelledby=\"h-spec\"><h2 id=\"h-spec\">Settings</h2><dl class=\"facts\">\
 <dt>Image</dt><dd><code>{image}</code></dd><dt>Repository</dt><dd>{source}</dd>\
-<dt>Size</dt><dd>{cpus} CPU, {memory}</dd><dt>Idle stop</dt><dd>after {idle}</dd><dt>Id</dt><dd><code>{id}</code></dd></dl></section>\
+<dt>Size</dt><dd>{cpus} CPU, {memory}</dd><dt>Idle stop</dt><dd>after {idle}</dd><dt>Id</dt><dd><code id=\"ws-id\">{id}</code></dd></dl></section>\
 <section aria-labelledby=\"h-logs\"><h2 id=\"h-logs\">Logs</h2>\
 <pre id=\"logs\" class=\"logs\" tabindex=\"0\" data-src=\"/w/{k}/logs\" aria-label=\"Workspace logs\">Logs appear here while the workspace has a container.</pre></section>",
         name = escape(ws.name.as_str()),
@@ -461,14 +461,11 @@ async fn apps_html(state: &AppState, session: &Session, ws: &Workspace, owner: b
     }
     let mut ports_note = String::new();
     let mut listening: Vec<String> = vec![];
-    if owner && ws.actual == ActualState::Running && state.agents.status(ws.id).is_some() {
-        // The page must not wait on a slow agent: the ports are a nicety.
-        let ports = api::ports(State(state.clone()), session.caller(), Path(ws.id.to_string()));
-        let ports = tokio::time::timeout(Duration::from_secs(3), ports)
-            .await
-            .unwrap_or_else(|_| Err(ApiError::Unavailable("the workspace's agent did not answer in time".into())));
-        match ports {
-            Ok(axum::Json(v)) => {
+    if owner {
+        // A look only: asking through the API's route would wake a workspace being stopped.
+        let peek = crate::tunnel::peek_json(state, ws, "/ports");
+        match tokio::time::timeout(Duration::from_secs(3), peek).await.ok().flatten() {
+            Some(v) => {
                 let list = v.as_array().or_else(|| v["ports"].as_array()).cloned().unwrap_or_default();
                 for p in list {
                     if let Some(port) = p["port"].as_u64() {
@@ -477,13 +474,11 @@ async fn apps_html(state: &AppState, session: &Session, ws: &Workspace, owner: b
                     }
                 }
             }
-            Err(e) => {
+            None => {
                 ports_note =
-                    format!("<p class=\"hint\">Listening ports are not known right now: {}</p>", escape(&e.to_string()))
+                    "<p class=\"hint\">Listening ports show while the workspace runs and its agent answers.</p>".into()
             }
         }
-    } else if owner {
-        ports_note = "<p class=\"hint\">Listening ports show while the workspace runs and its agent is up.</p>".into();
     }
     let k = escape(&cove_core::percent_encode(&key(session, ws)));
     let may_share = owner || session.is_admin();

@@ -1,0 +1,70 @@
+//! The web dashboard end to end: a real server on Podman, driven by headless Chromium
+//! (`tests/browser/dashboard.mjs`): log in, create a workspace through the wizard, see it
+//! reach Running live, open its terminal, stop it, read the usage page; another member
+//! sees none of it. Screenshots go to `target/browser/dashboard-*.png`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use support::{state, TestServer, COVE};
+
+/// Makes a member through the CLI, the password on standard input.
+fn create_member(server: &TestServer, name: &str, password: &str) {
+    let mut child = Command::new(COVE)
+        .args(["users", "create", name])
+        .env("COVE_CONFIG_DIR", &server.config_dir)
+        .env("COVE_URL", &server.url)
+        .env_remove("COVE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "cove users create failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_browser_creates_watches_opens_stops_and_costs_a_workspace_and_another_member_sees_nothing() {
+    let server = TestServer::start();
+    let member_password = "a member's long password";
+    create_member(&server, "bob", member_password);
+    let summary = support::browser(
+        &server,
+        "dashboard.mjs",
+        &[
+            // The public address: app hosts send the browser to log in there, so its session
+            // cookie must be for that host.
+            ("DASH_URL", format!("http://localhost:{}", server.port())),
+            ("WS_NAME", "dash".into()),
+            ("MEMBER_USER", "bob".into()),
+            ("MEMBER_PASSWORD", member_password.into()),
+        ],
+    );
+    assert_eq!(summary["emptyState"], true, "{summary}");
+    assert_ne!(summary["sawBeforeRunning"], "Running", "the page showed Running at once: {summary}");
+    assert_eq!(summary["runningLive"], true, "{summary}");
+    assert_eq!(summary["terminal"], "dash-42", "{summary}");
+    assert_eq!(summary["stoppedLive"], true, "{summary}");
+    assert_eq!(summary["chart"], true, "{summary}");
+    assert!(summary["usageRow"].as_str().unwrap().contains("dash"), "{summary}");
+    assert_eq!(summary["memberListHasIt"], false, "{summary}");
+    assert_eq!(summary["memberPageStatus"], 404, "{summary}");
+    assert_eq!(summary["memberIdPageStatus"], 404, "{summary}");
+
+    // What the browser did is what the API sees: the wizard's workspace, stopped, with
+    // the size and idle stop chosen.
+    let ws = server.show("dash");
+    assert_eq!(state(&ws), ("Stopped", "Stopped"), "{ws}");
+    assert_eq!(summary["workspaceId"], ws["id"], "{summary}");
+    assert_eq!(ws["cpus"], 0.5, "{ws}");
+    assert_eq!(ws["idle_timeout_seconds"], 900, "{ws}");
+    // And the audit log has the dashboard's forms, by who sent them.
+    let audit = server.ok(&["admin", "audit", "--json"]);
+    assert!(audit.contains("POST /new") && audit.contains("POST /w/{key}/state"), "{audit}");
+}
