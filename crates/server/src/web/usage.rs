@@ -48,8 +48,23 @@ impl Prices {
         r.cpus() * self.cpu_hour + r.memory_bytes as f64 / GIB * self.gb_hour
     }
 
+    /// Two decimals; a cost too small to show is "<0.01", not a misleading zero.
     pub fn money(&self, amount: f64) -> String {
+        if amount > 0.0 && amount < 0.005 {
+            return format!("<{}0.01", self.currency);
+        }
         format!("{}{amount:.2}", self.currency)
+    }
+}
+
+/// Hours as people read them: `3 h 05 m`, `12 m`, `40 s`.
+pub fn hours_text(hours: f64) -> String {
+    // Non-negative and far below u64::MAX for any real usage, so the cast cannot wrap.
+    let s = (hours * 3600.0).round().max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} m", s / 60),
+        _ => format!("{} h {:02} m", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -239,14 +254,14 @@ async fn usage_page(State(state): State<AppState>, session: Session) -> Response
             let gone = if u.exists { "" } else { " <span class=\"badge\">deleted</span>" };
             format!(
                 "<tr data-usage=\"{name}\"><td data-label=\"Workspace\">{name}{gone}</td><td data-label=\"Owner\">{owner}</td>\
-<td data-label=\"Runs\">{runs}</td><td data-label=\"Running hours\">{hours:.2}</td><td data-label=\"Cost\">{cost}</td>\
-<td data-label=\"Always on\">{always_h:.1} h, {always}</td></tr>",
+<td data-label=\"Runs\">{runs}</td><td data-label=\"Running\">{hours}</td><td data-label=\"Cost\">{cost}</td>\
+<td data-label=\"Always on\">{always_h}, {always}</td></tr>",
                 name = escape(&u.name),
                 owner = escape(&owner_name(u.owner)),
                 runs = u.runs,
-                hours = u.running_hours,
+                hours = hours_text(u.running_hours),
                 cost = prices.money(u.cost),
-                always_h = u.always_on_hours,
+                always_h = hours_text(u.always_on_hours),
                 always = prices.money(u.always_on_cost),
             )
         })
@@ -255,9 +270,10 @@ async fn usage_page(State(state): State<AppState>, session: Session) -> Response
         .iter()
         .map(|(id, (h, cost, always))| {
             format!(
-                "<tr><td data-label=\"User\">{}</td><td data-label=\"Running hours\">{h:.2}</td><td data-label=\"Cost\">{}</td>\
+                "<tr><td data-label=\"User\">{}</td><td data-label=\"Running\">{}</td><td data-label=\"Cost\">{}</td>\
 <td data-label=\"Always on\">{}</td><td data-label=\"Saved\">{}</td></tr>",
                 escape(&owner_name(*id)),
+                hours_text(*h),
                 prices.money(*cost),
                 prices.money(*always),
                 prices.money((always - cost).max(0.0)),
@@ -270,9 +286,9 @@ async fn usage_page(State(state): State<AppState>, session: Session) -> Response
     } else {
         format!(
             "{chart}<h2>Per workspace</h2><table class=\"list\" id=\"usage-workspaces\"><thead><tr><th scope=\"col\">Workspace</th>\
-<th scope=\"col\">Owner</th><th scope=\"col\">Runs</th><th scope=\"col\">Running hours</th><th scope=\"col\">Cost</th>\
+<th scope=\"col\">Owner</th><th scope=\"col\">Runs</th><th scope=\"col\">Running</th><th scope=\"col\">Cost</th>\
 <th scope=\"col\">Always on</th></tr></thead><tbody>{rows}</tbody></table>\
-<h2>Per user</h2><table class=\"list\" id=\"usage-users\"><thead><tr><th scope=\"col\">User</th><th scope=\"col\">Running hours</th>\
+<h2>Per user</h2><table class=\"list\" id=\"usage-users\"><thead><tr><th scope=\"col\">User</th><th scope=\"col\">Running</th>\
 <th scope=\"col\">Cost</th><th scope=\"col\">Always on</th><th scope=\"col\">Saved by stopping</th></tr></thead><tbody>{per_user}</tbody></table>",
             chart = chart(&chart_rows, &prices),
         )
@@ -334,6 +350,10 @@ mod tests {
         assert!((u.always_on_hours - 10.0).abs() < 1e-9, "{u:?}");
         assert!((u.always_on_cost - 20.0).abs() < 1e-9, "{u:?}");
         assert_eq!(prices.money(u.cost), "€6.00");
+        assert_eq!(prices.money(0.001), "<€0.01");
+        assert_eq!(prices.money(0.0), "€0.00");
+        assert_eq!(hours_text(u.running_hours), "3 h 00 m");
+        assert_eq!(hours_text(0.01), "36 s");
         let owners = per_owner(&usage);
         assert!((owners[&owner].0 - 3.0).abs() < 1e-9);
     }
