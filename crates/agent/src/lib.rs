@@ -22,6 +22,7 @@ pub mod activity;
 pub mod clone;
 pub mod control;
 pub mod credential;
+pub mod customize;
 pub mod editor;
 pub mod endpoint;
 pub mod lifecycle;
@@ -108,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket: config.run_dir.join(contract::USER_RUN_SUBDIR).join(editor::SOCKET_NAME),
         folder: user.home.join("project"),
     };
-    agent.editor = editor::start(editor, agent.user.clone());
+    agent.editor = editor::start(editor, agent.user.clone(), agent.lifecycle.clone());
     if agent.editor.is_none() {
         println!("cove agent: no editor in {} (cove editor install adds one)", config.editor_dir.display());
     }
