@@ -208,8 +208,9 @@ impl OidcArgs {
         let Some(issuer) = self.oidc_issuer else {
             return Ok(None);
         };
-        let client_id =
-            self.oidc_client_id.context("--oidc-issuer needs --oidc-client-id, the client registered at the provider")?;
+        let client_id = self
+            .oidc_client_id
+            .context("--oidc-issuer needs --oidc-client-id, the client registered at the provider")?;
         let secret = match (&self.oidc_client_secret_file, std::env::var("COVE_OIDC_CLIENT_SECRET")) {
             (Some(path), _) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the OIDC client secret file {}", path.display()))?
@@ -221,7 +222,9 @@ impl OidcArgs {
             ),
         };
         if secret.is_empty() {
-            anyhow::bail!("the OIDC client secret is empty; put the secret the provider gave into the file or variable");
+            anyhow::bail!(
+                "the OIDC client secret is empty; put the secret the provider gave into the file or variable"
+            );
         }
         let display_name = match self.oidc_name {
             Some(name) => name,

@@ -207,8 +207,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// the apps domain that are not app hosts get the plain 404 page, not the dashboard.
 pub fn router(state: AppState) -> axum::Router {
     let apps_domain = state.config.apps_domain.clone();
-    api::router(state.clone()).merge(dashboard::router().merge(oidc::router()).with_state(state)).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
+    api::router(state.clone()).merge(dashboard::router().merge(oidc::router()).with_state(state)).layer(
+        axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let under_apps_domain = request
                 .headers()
                 .get(axum::http::header::HOST)
@@ -221,8 +221,8 @@ pub fn router(state: AppState) -> axum::Router {
                 }
                 next.run(request).await
             }
-        },
-    ))
+        }),
+    )
 }
 
 /// The proxy for app hosts, deciding through the gate.

@@ -122,9 +122,9 @@ impl fmt::Display for Refusal {
                 "accounts with addresses at {domain} may not use this Cove; sign in with your work account, \
                  or ask an admin to allow the domain"
             ),
-            Refusal::NotInGroup => f.write_str(
-                "your account is not in a group allowed to use this Cove; ask an admin to add you to one",
-            ),
+            Refusal::NotInGroup => {
+                f.write_str("your account is not in a group allowed to use this Cove; ask an admin to add you to one")
+            }
         }
     }
 }
@@ -196,7 +196,10 @@ pub enum CallbackError {
     Provider(String),
     /// The provider could not be reached or its answer did not verify.
     Exchange(String),
-    Refused { who: String, why: Refusal },
+    Refused {
+        who: String,
+        why: Refusal,
+    },
     Disabled(User),
     Store(StoreError),
 }
@@ -323,6 +326,11 @@ impl Oidc {
     ) -> Result<(User, String), CallbackError> {
         let state = query.state.as_deref().ok_or(CallbackError::BadState)?;
         let pending = self.take(state, cookie).ok_or(CallbackError::BadState)?;
+        // RFC 9207: a provider that names itself must be the one this login went to (a
+        // mix-up attack sends the browser back from another).
+        if query.iss.as_deref().is_some_and(|iss| iss != self.issuer.as_str()) {
+            return Err(CallbackError::Provider("the answer came from another identity provider".into()));
+        }
         if let Some(error) = &query.error {
             let detail = query.error_description.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
             return Err(CallbackError::Provider(format!("{error}{detail}")));
@@ -355,6 +363,16 @@ impl Oidc {
         let id_token = response.id_token().ok_or_else(|| "the identity provider sent no ID token".to_string())?;
         let verifier = client.id_token_verifier();
         let claims = id_token.claims(&verifier, nonce).map_err(|e| unverified("ID token", &e))?;
+        // The access token (used for userinfo below) must be the one the ID token vouches for.
+        if let Some(expected) = claims.access_token_hash() {
+            let alg = id_token.signing_alg().map_err(|e| unverified("ID token algorithm", &e))?;
+            let key = id_token.signing_key(&verifier).map_err(|e| unverified("ID token key", &e))?;
+            let actual = openidconnect::AccessTokenHash::from_token(response.access_token(), alg, key)
+                .map_err(|e| unverified("access token hash", &e))?;
+            if actual != *expected {
+                return Err("the identity provider's access token does not match its ID token".into());
+            }
+        }
         let mut profile = Profile {
             subject: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
@@ -388,8 +406,11 @@ impl Oidc {
 
     /// The linked user, updated for this login, or a new one.
     async fn link(&self, store: &dyn Store, profile: &Profile, role: Option<Role>) -> Result<User, StoreError> {
-        let identity =
-            OidcIdentity { issuer: self.issuer.to_string(), subject: profile.subject.clone(), email: profile.email.clone() };
+        let identity = OidcIdentity {
+            issuer: self.issuer.to_string(),
+            subject: profile.subject.clone(),
+            email: profile.email.clone(),
+        };
         if store.oidc_identity_user(&identity.issuer, &identity.subject).await?.is_some() {
             return store.oidc_identity_login(identity, role).await;
         }
@@ -422,6 +443,7 @@ pub struct CallbackQuery {
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    pub iss: Option<String>,
 }
 
 fn jwt_payload(jwt: &str) -> Option<Value> {
@@ -560,7 +582,9 @@ async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Re
             pages::set_cookie(&mut response, STATE_COOKIE, &browser_state, state.config.https(), Some(ttl));
             response
         }
-        Err(why) => pages::html(StatusCode::SERVICE_UNAVAILABLE, "Cannot sign in", &format!("{why}; try again shortly.")),
+        Err(why) => {
+            pages::html(StatusCode::SERVICE_UNAVAILABLE, "Cannot sign in", &format!("{why}; try again shortly."))
+        }
     }
 }
 
@@ -593,7 +617,11 @@ async fn callback(
                 (response, (Some(user.id), user.name.to_string()), StatusCode::FOUND)
             }
             Err(_) => (
-                pages::html(StatusCode::SERVICE_UNAVAILABLE, "Cannot sign in", "Cove could not store the session; try again."),
+                pages::html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cannot sign in",
+                    "Cove could not store the session; try again.",
+                ),
                 (Some(user.id), user.name.to_string()),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
@@ -620,7 +648,11 @@ async fn callback(
         }
         Err(CallbackError::Store(e)) => {
             tracing::error!(error = %e, "OIDC login: cannot find or make the user");
-            return pages::html(StatusCode::SERVICE_UNAVAILABLE, "Cannot sign in", "Cove could not store the user; try again.");
+            return pages::html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot sign in",
+                "Cove could not store the user; try again.",
+            );
         }
     };
     let mut response = response;
@@ -652,7 +684,12 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
 
 /// OIDC logins go into the audit log like password logins through the API: who (or the
 /// address the provider gave, when refused), the outcome and from where.
-async fn audit(state: &AppState, (actor_id, actor_name): (Option<cove_core::UserId>, String), status: StatusCode, peer: Option<String>) {
+async fn audit(
+    state: &AppState,
+    (actor_id, actor_name): (Option<cove_core::UserId>, String),
+    status: StatusCode,
+    peer: Option<String>,
+) {
     let outcome = match crate::error::code_for(status) {
         Some(code) => format!("{} {code}", status.as_u16()),
         None => status.as_u16().to_string(),

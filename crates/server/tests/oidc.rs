@@ -186,9 +186,10 @@ impl Browser {
                 return Page { url, status: StatusCode::FOUND, body: String::new(), hops };
             }
             hops.push(url.clone());
-            let cookies = self.jar.get(&authority(&url)).map(|c| {
-                c.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
-            });
+            let cookies = self
+                .jar
+                .get(&authority(&url))
+                .map(|c| c.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "));
             let mut request = self.client.get(url.clone());
             if let Some(cookies) = cookies.filter(|c| !c.is_empty()) {
                 request = request.header("cookie", cookies);
@@ -326,7 +327,11 @@ async fn oidc_login_against_a_real_provider() {
     let mut browser = Browser::new();
     let page = w.login(&mut browser, "carol-sub").await;
     assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
-    assert!(page.body.contains("carol@other.test") && page.body.contains("other.test may not use this Cove"), "{}", page.body);
+    assert!(
+        page.body.contains("carol@other.test") && page.body.contains("other.test may not use this Cove"),
+        "{}",
+        page.body
+    );
     assert!(browser.cookie(&w.cove, "cove_session").is_none());
     assert!(w.store.oidc_identity_user(&w.provider.issuer, "carol-sub").await.unwrap().is_none());
 

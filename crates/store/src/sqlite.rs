@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use cove_core::{
-    ActualState, ApiToken, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec,
+    ActualState, ApiToken, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId,
+    WorkspaceSpec,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -278,7 +279,9 @@ impl Store for SqliteStore {
         .bind(user.created_at.timestamp_millis())
         .execute(&mut *tx)
         .await
-        .map_err(|e| insert_error(e, || format!("the account {} of {} is linked already", identity.subject, identity.issuer)))?;
+        .map_err(|e| {
+            insert_error(e, || format!("the account {} of {} is linked already", identity.subject, identity.issuer))
+        })?;
         tx.commit().await?;
         Ok(user)
     }
@@ -296,7 +299,11 @@ impl Store for SqliteStore {
         .await?;
         let user_id = user_id.ok_or(StoreError::NotFound)?;
         if let Some(role) = role {
-            sqlx::query("UPDATE users SET role = ? WHERE id = ?").bind(role.as_str()).bind(&user_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+                .bind(role.as_str())
+                .bind(&user_id)
+                .execute(&mut *tx)
+                .await?;
         }
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
             .bind(&user_id)

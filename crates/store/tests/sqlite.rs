@@ -646,7 +646,10 @@ async fn oidc_accounts_are_linked_by_issuer_and_subject() {
         Err(StoreError::Conflict(_))
     ));
     let taken = NewUser { name: name("ada"), role: Role::Member, password_hash: "!oidc".into() };
-    assert!(matches!(f.store.oidc_user_create(taken, identity("s-2", "y@example.com")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        f.store.oidc_user_create(taken, identity("s-2", "y@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(f.store.user_count().await.unwrap(), 1);
     assert!(f.store.oidc_identity_user(issuer, "s-2").await.unwrap().is_none());
 
@@ -655,5 +658,8 @@ async fn oidc_accounts_are_linked_by_issuer_and_subject() {
     assert_eq!((admin.id, admin.role), (ada.id, Role::Admin));
     let same = f.store.oidc_identity_login(identity("s-1", "ada@new.example.com"), None).await.unwrap();
     assert_eq!(same.role, Role::Admin);
-    assert!(matches!(f.store.oidc_identity_login(identity("s-9", "z@example.com"), None).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        f.store.oidc_identity_login(identity("s-9", "z@example.com"), None).await,
+        Err(StoreError::NotFound)
+    ));
 }
