@@ -134,7 +134,7 @@ pub fn decide(policy: &Policy, profile: &Profile) -> Result<Option<Role>, Refusa
     if !policy.allowed_domains.is_empty() {
         let email = profile.email.as_deref().filter(|_| profile.email_verified).ok_or(Refusal::NoVerifiedEmail)?;
         let domain = email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).ok_or(Refusal::NoVerifiedEmail)?;
-        if !policy.allowed_domains.iter().any(|d| *d == domain) {
+        if !policy.allowed_domains.contains(&domain) {
             return Err(Refusal::Domain(domain));
         }
     }
@@ -492,7 +492,8 @@ mod tests {
         let domains = Policy { allowed_domains: vec!["example.com".into()], ..open.clone() };
         let groups = Policy { allowed_groups: vec!["dev".into()], admin_group: Some("ops".into()), ..open.clone() };
         let both = Policy { allowed_domains: vec!["example.com".into()], ..groups.clone() };
-        let cases: &[(&Policy, Profile, Result<Option<Role>, Refusal>)] = &[
+        type Decision = Result<Option<Role>, Refusal>;
+        let cases: &[(&Policy, Profile, Decision)] = &[
             (&open, profile(None, false, &[]), Ok(None)),
             (&domains, profile(Some("ada@example.com"), true, &[]), Ok(None)),
             (&domains, profile(Some("ada@EXAMPLE.com"), true, &[]), Ok(None)),
