@@ -186,13 +186,13 @@ struct OidcArgs {
     oidc_name: Option<String>,
     /// Only addresses at these domains (comma-separated) may log in; the provider must
     /// say the address is verified.
-    #[arg(long, env = "COVE_OIDC_ALLOWED_DOMAINS", value_delimiter = ',')]
+    #[arg(long, env = "COVE_OIDC_ALLOWED_DOMAINS", value_delimiter = ',', requires = "oidc_issuer")]
     oidc_allowed_domains: Vec<String>,
     /// Only members of one of these groups (comma-separated) may log in.
-    #[arg(long, env = "COVE_OIDC_ALLOWED_GROUPS", value_delimiter = ',')]
+    #[arg(long, env = "COVE_OIDC_ALLOWED_GROUPS", value_delimiter = ',', requires = "oidc_issuer")]
     oidc_allowed_groups: Vec<String>,
     /// Members of this group are admins, others members; set at every login.
-    #[arg(long, env = "COVE_OIDC_ADMIN_GROUP")]
+    #[arg(long, env = "COVE_OIDC_ADMIN_GROUP", requires = "oidc_issuer")]
     oidc_admin_group: Option<String>,
     /// The claim listing the user's groups.
     #[arg(long, env = "COVE_OIDC_GROUPS_CLAIM", default_value = "groups")]
