@@ -370,4 +370,34 @@ async fn oidc_login_against_a_real_provider() {
     assert_eq!(logins, expected);
     assert!(entries.iter().all(|e| e.peer.as_deref().is_some_and(|p| p.starts_with("127.0.0.1:"))), "{entries:?}");
     assert!(!format!("{entries:?}").contains(CLIENT_SECRET));
+
+    // The same in a real Chromium, through the login page's button: the cookies' attributes
+    // (SameSite=Lax, host-only) let the state come back from the provider's site.
+    let summary = browser_login(&w.cove, "alice-sub", "alice").await;
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["provider"].as_str(), Some(w.provider.issuer.as_str()), "{summary}");
+}
+
+/// Runs tests/browser/oidc.mjs (playwright-core and Debian's Chromium), screenshots under
+/// target/browser; returns its JSON summary, failing the test unless it passed.
+async fn browser_login(cove: &str, sub: &str, user: &str) -> Value {
+    let modules = repo_root().join("tests/browser/node_modules/playwright-core");
+    assert!(modules.exists(), "{} is missing: run scripts/install-deps", modules.display());
+    let mut command = Command::new("node");
+    command
+        .arg("tests/browser/oidc.mjs")
+        .current_dir(repo_root())
+        .env("COVE_URL", cove)
+        .env("PROVIDER_NAME", "Test IdP")
+        .env("OIDC_SUB", sub)
+        .env("EXPECT_USER", user)
+        .env("SCREENSHOT_DIR", repo_root().join("target/browser"));
+    // The server answers on this runtime: wait for the browser off its workers.
+    let out =
+        tokio::task::spawn_blocking(move || command.output().expect("node must be installed (scripts/install-deps)"))
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "oidc.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
