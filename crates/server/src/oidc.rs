@@ -601,7 +601,7 @@ async fn callback(
     let cookie = crate::gate::cookie(&headers, STATE_COOKIE);
     let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string());
     let provider = oidc.config.display_name.clone();
-    let (response, actor, status) = match oidc.finish(state.store.as_ref(), &query, cookie).await {
+    let (mut response, actor, status) = match oidc.finish(state.store.as_ref(), &query, cookie).await {
         Ok((user, next)) => match crate::auth::issue_token(
             state.store.as_ref(),
             &user,
@@ -631,20 +631,31 @@ async fn callback(
             // Nobody is known yet; a forged or replayed link is not worth an audit entry
             // per request, but the log sees it.
             tracing::warn!(peer = ?peer, "OIDC callback with an unknown, used or foreign state");
-            return stale(StatusCode::BAD_REQUEST, &format!("This sign-in link is not valid any more (it was used, expired or not started in this browser). Sign in with {provider} again."));
+            let message = format!(
+                "This sign-in link is not valid any more (it was used, expired or not started in this \
+                 browser). Sign in with {provider} again."
+            );
+            return cannot_sign_in(StatusCode::BAD_REQUEST, &message);
         }
         Err(CallbackError::Provider(why)) => {
-            return stale(StatusCode::UNAUTHORIZED, &format!("{provider} did not sign you in: {why}."));
+            return cannot_sign_in(StatusCode::UNAUTHORIZED, &format!("{provider} did not sign you in: {why}."));
         }
         Err(CallbackError::Exchange(why)) => {
-            return stale(StatusCode::BAD_GATEWAY, &format!("Sign-in with {provider} failed: {why}. Try again."));
+            return cannot_sign_in(
+                StatusCode::BAD_GATEWAY,
+                &format!("Sign-in with {provider} failed: {why}. Try again."),
+            );
         }
         Err(CallbackError::Refused { who, why }) => {
-            let page = refused(&format!("You signed in to {provider} as {who}, but {why}."));
+            let page =
+                cannot_sign_in(StatusCode::FORBIDDEN, &format!("You signed in to {provider} as {who}, but {why}."));
             (page, (None, who), StatusCode::FORBIDDEN)
         }
         Err(CallbackError::Disabled(user)) => {
-            let page = refused(&format!("The Cove account {} is disabled; ask an admin to enable it.", user.name));
+            let page = cannot_sign_in(
+                StatusCode::FORBIDDEN,
+                &format!("The Cove account {} is disabled; ask an admin to enable it.", user.name),
+            );
             (page, (Some(user.id), user.name.to_string()), StatusCode::FORBIDDEN)
         }
         Err(CallbackError::Store(e)) => {
@@ -656,28 +667,18 @@ async fn callback(
             );
         }
     };
-    let mut response = response;
     pages::set_cookie(&mut response, STATE_COOKIE, "", state.config.https(), Some(0));
     audit(&state, actor, status, peer).await;
     response
 }
 
-/// A refusal page with a way back to the login page.
-fn refused(message: &str) -> Response {
-    page(StatusCode::FORBIDDEN, "Cannot sign in", message)
-}
-
-fn stale(status: StatusCode, message: &str) -> Response {
-    page(status, "Cannot sign in", message)
-}
-
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
+/// Why a sign-in failed, with a way back to the login page.
+fn cannot_sign_in(status: StatusCode, message: &str) -> Response {
     let body = format!(
-        "<h1>{}</h1><p role=\"alert\">{}</p><p><a href=\"/login\">Back to the login page</a></p>",
-        pages::escape(title),
+        "<h1>Cannot sign in</h1><p role=\"alert\">{}</p><p><a href=\"/login\">Back to the login page</a></p>",
         pages::escape(message)
     );
-    let mut response = pages::html_raw(title, &body);
+    let mut response = pages::html_raw("Cannot sign in", &body);
     *response.status_mut() = status;
     response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     response
