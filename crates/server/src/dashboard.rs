@@ -39,8 +39,8 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None)
+async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None, sso_name(&state))
 }
 
 #[derive(Deserialize)]
@@ -53,7 +53,7 @@ struct LoginForm {
 async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
     let next = form.next.unwrap_or_else(|| "/".into());
     let Ok(Some(user)) = auth::check_password(state.store.as_ref(), &form.username, form.password).await else {
-        return pages::login_form(&next, Some("Invalid username or password."));
+        return pages::login_form(&next, Some("Invalid username or password."), sso_name(&state));
     };
     let Ok((secret, _)) = auth::issue_token(
         state.store.as_ref(),
@@ -76,8 +76,13 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
     response
 }
 
+/// The OIDC provider's name for the login page's "Sign in with" button, if configured.
+fn sso_name(state: &AppState) -> Option<&str> {
+    state.oidc.as_ref().map(|o| o.config.display_name.as_str())
+}
+
 /// Only paths on this origin and app hosts of this Cove: never an open redirect.
-fn safe_next(next: &str) -> String {
+pub(crate) fn safe_next(next: &str) -> String {
     if next.starts_with('/') && !next.starts_with("//") {
         return next.to_string();
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod handoff;
+pub mod oidc;
 pub mod openapi;
 pub mod pages;
 pub mod quotas;
@@ -55,6 +56,8 @@ pub struct Config {
     pub wake_wait: std::time::Duration,
     pub activity_flush_interval: std::time::Duration,
     pub idle_check_interval: std::time::Duration,
+    /// Login through an OpenID Connect provider, when configured.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             wake_wait: std::time::Duration::from_secs(60),
             activity_flush_interval: std::time::Duration::from_secs(5),
             idle_check_interval: std::time::Duration::from_secs(10),
+            oidc: None,
         }
     }
 
@@ -117,6 +121,8 @@ pub struct AppState {
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
     pub agents: Arc<agents::Agents>,
+    /// `None` unless OIDC login is configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -171,10 +177,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if config.public_url.is_empty() {
         config.public_url = format!("http://localhost:{}", addr.port());
     }
+    let oidc = match &config.oidc {
+        Some(c) => {
+            let oidc = oidc::Oidc::new(c.clone(), &config.public_url)?;
+            notes.push(format!(
+                "OIDC login: {} at {}; register {} as the client's redirect URI",
+                c.display_name,
+                c.issuer,
+                oidc.redirect_url()
+            ));
+            Some(Arc::new(oidc))
+        }
+        None => None,
+    };
     let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
     let routes: Arc<gate::RouteCache> = Arc::default();
     routes.follow(reconciler.changes());
-    let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    let mut state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    state.oidc = oidc;
     agents::spawn_sync(state.clone());
     handoff::spawn(state.clone());
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
@@ -189,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 pub fn router(state: AppState) -> axum::Router {
     let apps_domain = state.config.apps_domain.clone();
     let dashboard = dashboard::router()
+        .merge(oidc::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
         .with_state(state.clone());
     api::router(state).merge(dashboard).layer(axum::middleware::from_fn(
@@ -340,5 +361,6 @@ fn assemble(
         signer,
         metrics,
         agents,
+        oidc: None,
     }
 }

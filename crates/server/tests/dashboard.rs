@@ -47,6 +47,7 @@ async fn dash(public_url: &str) -> Dash {
         signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
+        oidc: None,
     };
     Dash { router: cove_server::router(state), store, _dir: dir }
 }

@@ -114,7 +114,7 @@ pub fn page_with_status(status: StatusCode, session: &Session, title: &str, body
 <body><a class=\"skip\" href=\"#main\">Skip to content</a><header><nav aria-label=\"Main\"><a class=\"brand\" href=\"/\">Cove</a><ul>\
 <li><a href=\"/\">Workspaces</a></li><li><a href=\"/new\">New workspace</a></li><li><a href=\"/tokens\">API tokens</a></li>\
 <li><a href=\"/usage\">Usage</a></li>{admin}</ul>\
-<form method=\"post\" action=\"/logout\" class=\"inline\">{csrf}<span class=\"muted\">{user}</span> \
+<form method=\"post\" action=\"/logout\" class=\"inline\">{csrf}<span class=\"muted\">Logged in as {user}.</span> \
 <button type=\"submit\">Log out</button></form></nav></header><main id=\"main\">{body}</main></body></html>",
         title = escape(title),
         csrf = csrf_field(session),
