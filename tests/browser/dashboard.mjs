@@ -13,7 +13,8 @@
 // /usr/bin/chromium), DEADLINE_MS (default 90000).
 // Screenshots: dashboard-01-empty.png, -02-wizard.png, -03-running.png, -04-terminal.png,
 // -05-stopped.png, -06-usage.png, -07-narrow.png, -08-member.png, dash-failure.png.
-// Prints one JSON line; exit 0 only if every step passed (frame: session.mjs).
+// Prints one JSON line (with "posts", the forms the browser sent, for diagnosis); exit 0
+// only if every step passed (frame: session.mjs).
 import { session } from './session.mjs';
 
 const env = process.env;
@@ -29,6 +30,7 @@ const summary = {
   ok: false,
   emptyState: false,
   sawBeforeRunning: null,
+  sawBeforeStopped: null,
   runningLive: false,
   workspaceId: null,
   terminal: null,
@@ -112,6 +114,7 @@ await session('dash', summary, { width: 1100, height: 800 }, async ({ page, shot
   await page.locator('#action-stopped').click();
   await posted;
   await page.waitForLoadState('domcontentloaded');
+  summary.sawBeforeStopped = (await state.textContent()).trim();
   await page.evaluate(() => { window.__coveMarker = 'same page'; });
   await until('the state to read Stopped', async () => /^Stopped$/.test((await state.textContent()).trim()));
   summary.stoppedLive = (await page.evaluate(() => window.__coveMarker)) === 'same page';
