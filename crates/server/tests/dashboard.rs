@@ -304,6 +304,11 @@ async fn the_event_stream_follows_the_state_the_reconciler_records_and_usage_cou
     let theirs = next_event(&d, &bob, |_| true).await;
     assert!(!theirs.contains("web"), "{theirs}");
 
+    // Its logs come through the API's own stream.
+    let logs = d.get(&alice, "/w/web/logs").await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert!(logs.body.contains("fake container web is Running"), "{}", logs.body);
+
     // The run is recorded: the usage page lists it, with the chart.
     let usage = d.get(&alice, "/usage").await;
     assert_eq!(usage.status, StatusCode::OK);
