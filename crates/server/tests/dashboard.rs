@@ -299,6 +299,22 @@ async fn the_event_stream_follows_the_state_the_reconciler_records_and_usage_cou
     // The fake backend runs it; the stream says so without a reload.
     let running = next_event(&d, &alice, |e| e.contains("state-running")).await;
     assert!(running.contains("/w/web"), "{running}");
+    // A stream ends when its session does.
+    {
+        let req = Request::get("/events").header(header::COOKIE, &alice).body(Body::empty()).unwrap();
+        let mut body = d.router.clone().oneshot(req).await.unwrap().into_body();
+        body.frame().await.expect("a first event").unwrap();
+        let csrf = d.csrf(&alice).await;
+        assert_eq!(d.post(&alice, "/logout", &format!("csrf={csrf}")).await.status, StatusCode::FOUND);
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(frame) = body.frame().await {
+                frame.unwrap();
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the event stream outlived the logout");
+    }
+    let alice = d.login("alice").await;
     // Another member's stream does not carry it.
     let bob = d.login("bob").await;
     let theirs = next_event(&d, &bob, |_| true).await;

@@ -55,6 +55,8 @@ pub struct Session {
     pub user: User,
     pub token: ApiToken,
     pub csrf: String,
+    /// The session token's hash, to check later that it still stands (the event stream).
+    pub token_hash: String,
 }
 
 impl Session {
@@ -84,14 +86,15 @@ impl FromRequestParts<AppState> for Session {
         let Some(secret) = crate::gate::cookie(&parts.headers, crate::dashboard::SESSION_COOKIE) else {
             return Err(login());
         };
-        let found = state.store.token_authenticate(&hash_token(secret), Utc::now()).await;
+        let token_hash = hash_token(secret);
+        let found = state.store.token_authenticate(&token_hash, Utc::now()).await;
         let Ok(Some((token, user))) = found else {
             return Err(login());
         };
         if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
             slot.set(Some(user.id), user.name.as_str());
         }
-        Ok(Session { csrf: csrf::token_for(secret), user, token })
+        Ok(Session { csrf: csrf::token_for(secret), user, token, token_hash })
     }
 }
 

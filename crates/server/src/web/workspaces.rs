@@ -158,9 +158,9 @@ async fn events(State(state): State<AppState>, session: Session) -> Response {
                 }
             }
             first = false;
-            // A user disabled meanwhile stops getting updates.
-            match state.store.user_get(session.user.id).await {
-                Ok(u) if !u.disabled => {}
+            // A session logged out, revoked or expired meanwhile (or a user disabled) ends.
+            match state.store.token_authenticate(&session.token_hash, Utc::now()).await {
+                Ok(Some(_)) => {}
                 _ => return None,
             }
             let Some(now) = snapshot(&state, &session).await else { continue };
