@@ -132,7 +132,10 @@ pub fn with_secrets(cmd: &[String]) -> anyhow::Result<std::convert::Infallible> 
             ),
         }
     };
-    let error = std::process::Command::new(program).args(args).envs(parse_env_file(&bytes)).exec();
+    // The engine's exec may bring no PATH (an image that sets none); look up as the
+    // agent's own user processes do.
+    let path = std::env::var("PATH").unwrap_or_else(|_| crate::user::DEFAULT_PATH.to_string());
+    let error = std::process::Command::new(program).args(args).env("PATH", path).envs(parse_env_file(&bytes)).exec();
     anyhow::bail!("cannot run {program}: {error}")
 }
 

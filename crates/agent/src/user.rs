@@ -16,7 +16,7 @@ use nix::unistd::{Gid, Uid};
 pub const DEFAULT_UID: u32 = 1000;
 pub const DEFAULT_NAME: &str = "cove";
 pub const DEFAULT_HOME: &str = "/home/cove";
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkspaceUser {

@@ -150,7 +150,9 @@ pub async fn run(client: &Client, command: SecretsCommand) -> anyhow::Result<Exi
             eprintln!("stored {} secret {} ({})", stored.scope, stored.name, stored.kind);
             match &target.workspace {
                 Some(ws) => eprintln!("workspace {ws} gets it after `cove secrets refresh {ws}` and a restart"),
-                None => eprintln!("workspaces made from now on get it; existing ones after `cove secrets refresh NAME`"),
+                None => {
+                    eprintln!("workspaces made from now on get it; existing ones after `cove secrets refresh NAME`")
+                }
             }
         }
         SecretsCommand::Ls { target, json } => {

@@ -259,7 +259,13 @@ pub struct ShareView {
 }
 
 async fn share_views(state: &AppState, ws: &Workspace) -> Result<Vec<ShareView>, ApiError> {
-    Ok(state.store.workspace_share_list(ws.id).await?.into_iter().map(|(_, n)| ShareView { user: n.to_string() }).collect())
+    Ok(state
+        .store
+        .workspace_share_list(ws.id)
+        .await?
+        .into_iter()
+        .map(|(_, n)| ShareView { user: n.to_string() })
+        .collect())
 }
 
 async fn list_shares(
@@ -288,7 +294,10 @@ async fn add_share(
     let ws = owned(&state, &user, &key).await?;
     let with = named_user(&state, &name).await?;
     if with.id == ws.owner {
-        return Err(ApiError::InvalidRequest(format!("{} owns workspace {}; share it with someone else", with.name, ws.name)));
+        return Err(ApiError::InvalidRequest(format!(
+            "{} owns workspace {}; share it with someone else",
+            with.name, ws.name
+        )));
     }
     state.store.workspace_share_add(ws.id, with.id).await?;
     state.routes.invalidate();

@@ -62,8 +62,9 @@ impl Vault {
     /// made (32 random bytes, 0600) if there is none yet.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         if let Ok(text) = std::env::var(KEY_ENV) {
-            let key = parse_hex_key(text.trim())
-                .ok_or_else(|| anyhow::anyhow!("{KEY_ENV} must be 64 hex digits (32 bytes), such as `openssl rand -hex 32` prints"))?;
+            let key = parse_hex_key(text.trim()).ok_or_else(|| {
+                anyhow::anyhow!("{KEY_ENV} must be 64 hex digits (32 bytes), such as `openssl rand -hex 32` prints")
+            })?;
             return Ok(Self::with_key(key, KeySource::Env));
         }
         let path = data_dir.join(KEY_FILE);
@@ -175,7 +176,10 @@ pub async fn check_key(store: &dyn Store, data_dir: &Path) -> anyhow::Result<()>
                 if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
                     if opens(&Vault::with_key(key, KeySource::File(pending.clone())), &check) {
                         std::fs::rename(&pending, path)?;
-                        tracing::warn!("finished an interrupted key rotation: {} is the new instance key", path.display());
+                        tracing::warn!(
+                            "finished an interrupted key rotation: {} is the new instance key",
+                            path.display()
+                        );
                         return Ok(());
                     }
                 }
@@ -262,7 +266,14 @@ pub async fn git_token_for(
 }
 
 /// Seals a Git token for storing, under the current key.
-pub async fn git_token_store(store: &dyn Store, data_dir: &Path, user: UserId, host: &str, username: &str, token: &str) -> Result<GitToken, ApiError> {
+pub async fn git_token_store(
+    store: &dyn Store,
+    data_dir: &Path,
+    user: UserId,
+    host: &str,
+    username: &str,
+    token: &str,
+) -> Result<GitToken, ApiError> {
     let _shared = ROTATION.read().await;
     let sealed = vault(data_dir)?.seal(user, host, username, token)?;
     Ok(store.git_token_set(sealed).await?)
@@ -299,13 +310,22 @@ fn check_value(name: &str, kind: SecretKind, value: &str) -> Result<(), ApiError
         return Err(ApiError::PayloadTooLarge(format!("secret {name} is larger than {MAX_VALUE_BYTES} bytes")));
     }
     if kind == SecretKind::Env && value.contains('\0') {
-        return Err(ApiError::InvalidRequest(format!("secret {name} is an environment variable and cannot hold a NUL byte")));
+        return Err(ApiError::InvalidRequest(format!(
+            "secret {name} is an environment variable and cannot hold a NUL byte"
+        )));
     }
     Ok(())
 }
 
 /// Stores a secret in a scope (replacing one of that name).
-pub async fn set(store: &dyn Store, data_dir: &Path, scope: SecretScope, name: &str, kind: SecretKind, value: &str) -> Result<Secret, ApiError> {
+pub async fn set(
+    store: &dyn Store,
+    data_dir: &Path,
+    scope: SecretScope,
+    name: &str,
+    kind: SecretKind,
+    value: &str,
+) -> Result<Secret, ApiError> {
     check_name(name, kind)?;
     check_value(name, kind, value)?;
     let _shared = ROTATION.read().await;
@@ -355,13 +375,22 @@ pub async fn freeze(store: &dyn Store, data_dir: &Path, ws: &Workspace) -> Resul
 }
 
 /// A workspace's frozen set in clear, for its agent.
-pub async fn delivered(store: &dyn Store, data_dir: &Path, ws: WorkspaceId) -> Result<Vec<cove_core::agent::DeliveredSecret>, ApiError> {
+pub async fn delivered(
+    store: &dyn Store,
+    data_dir: &Path,
+    ws: WorkspaceId,
+) -> Result<Vec<cove_core::agent::DeliveredSecret>, ApiError> {
     let _shared = ROTATION.read().await;
     let vault = vault(data_dir)?;
     let mut out = Vec::new();
     for s in store.workspace_secret_list(ws).await? {
         let what = SealedRef::Frozen { workspace: ws, name: s.name.clone(), kind: s.kind };
-        let value = vault.open_text(&aad_for(&what), &s.nonce, &s.ciphertext, &format!("secret {} of workspace {ws}", s.name))?;
+        let value = vault.open_text(
+            &aad_for(&what),
+            &s.nonce,
+            &s.ciphertext,
+            &format!("secret {} of workspace {ws}", s.name),
+        )?;
         out.push(cove_core::agent::DeliveredSecret { name: s.name, file: s.kind == SecretKind::File, value });
     }
     Ok(out)

@@ -159,7 +159,8 @@ async fn list_workspace(
     let ws = managed_workspace(&state, &user, &key).await?;
     let own: Vec<SecretView> =
         state.store.secret_list(SecretScope::Workspace(ws.id)).await?.iter().map(SecretView::from).collect();
-    let frozen: Vec<FrozenView> = state.store.workspace_secret_list(ws.id).await?.iter().map(FrozenView::from).collect();
+    let frozen: Vec<FrozenView> =
+        state.store.workspace_secret_list(ws.id).await?.iter().map(FrozenView::from).collect();
     Ok(Json(serde_json::json!({ "secrets": own, "frozen": frozen })))
 }
 

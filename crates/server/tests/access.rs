@@ -314,7 +314,11 @@ async fn owners_share_workspaces_with_named_users() {
     assert_eq!(status, StatusCode::CREATED, "{ws}");
     let id = ws["id"].as_str().unwrap().to_string();
     let names = |v: &Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|w| format!("{}/{}", w["owner"].as_str().unwrap_or("?"), w["name"].as_str().unwrap())).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| format!("{}/{}", w["owner"].as_str().unwrap_or("?"), w["name"].as_str().unwrap()))
+            .collect()
     };
     let route = || async {
         cove_server::gate::lookup(api.store.as_ref(), &Name::parse("ada").unwrap(), &Name::parse("api").unwrap())
@@ -360,7 +364,10 @@ async fn owners_share_workspaces_with_named_users() {
     let (status, _) = api.call(&bob, "DELETE", &format!("/api/v1/workspaces/{id}"), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(api.call(&bob, "GET", &format!("/api/v1/workspaces/{id}/secrets"), None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(api.call(&bob, "PUT", &format!("/api/v1/workspaces/{id}/shares/cy"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.call(&bob, "PUT", &format!("/api/v1/workspaces/{id}/shares/cy"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (_, still) = api.call(&ada, "GET", "/api/v1/workspaces/api", None).await;
     assert_eq!(still["desired_state"], "Running", "{still}");
 

@@ -226,9 +226,20 @@ pub struct FrozenSecret {
 pub enum SealedRef {
     /// The value the server checks the instance key against at start-up.
     KeyCheck,
-    GitToken { user: UserId, host: String },
-    Secret { scope: SecretScope, name: String, kind: SecretKind },
-    Frozen { workspace: WorkspaceId, name: String, kind: SecretKind },
+    GitToken {
+        user: UserId,
+        host: String,
+    },
+    Secret {
+        scope: SecretScope,
+        name: String,
+        kind: SecretKind,
+    },
+    Frozen {
+        workspace: WorkspaceId,
+        name: String,
+        kind: SecretKind,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -660,21 +660,23 @@ impl Store for SqliteStore {
         .bind(at.timestamp_millis())
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? AND name = ?"))
-            .bind(secret.scope.as_str())
-            .bind(secret.scope.owner())
-            .bind(&secret.name)
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? AND name = ?"))
+                .bind(secret.scope.as_str())
+                .bind(secret.scope.owner())
+                .bind(&secret.name)
+                .fetch_one(&self.pool)
+                .await?;
         secret_from_row(&row)
     }
 
     async fn secret_list(&self, scope: SecretScope) -> Result<Vec<Secret>> {
-        let rows = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? ORDER BY name"))
-            .bind(scope.as_str())
-            .bind(scope.owner())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? ORDER BY name"))
+                .bind(scope.as_str())
+                .bind(scope.owner())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(secret_from_row).collect()
     }
 
@@ -731,17 +733,21 @@ impl Store for SqliteStore {
     }
 
     async fn key_check_get(&self) -> Result<Option<Sealed>> {
-        let value: Option<String> =
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(KEY_CHECK).fetch_optional(&self.pool).await?;
+        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(KEY_CHECK)
+            .fetch_optional(&self.pool)
+            .await?;
         value.map(|v| key_check_parse(&v)).transpose()
     }
 
     async fn key_check_set(&self, sealed: Sealed) -> Result<()> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(KEY_CHECK)
-            .bind(key_check_text(&sealed))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(KEY_CHECK)
+        .bind(key_check_text(&sealed))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -765,9 +771,10 @@ impl Store for SqliteStore {
                 ciphertext: s.ciphertext,
             });
         }
-        for row in sqlx::query("SELECT workspace_id, name, kind, scope, nonce, ciphertext, frozen_at FROM workspace_secrets")
-            .fetch_all(&self.pool)
-            .await?
+        for row in
+            sqlx::query("SELECT workspace_id, name, kind, scope, nonce, ciphertext, frozen_at FROM workspace_secrets")
+                .fetch_all(&self.pool)
+                .await?
         {
             let s = frozen_from_row(&row)?;
             all.push(Sealed {
@@ -793,21 +800,21 @@ impl Store for SqliteStore {
                         .bind(user.to_string())
                         .bind(host)
                 }
-                SealedRef::Secret { scope, name, .. } => {
-                    sqlx::query("UPDATE secrets SET nonce = ?, ciphertext = ? WHERE scope = ? AND owner = ? AND name = ?")
-                        .bind(&row.nonce)
-                        .bind(&row.ciphertext)
-                        .bind(scope.as_str())
-                        .bind(scope.owner())
-                        .bind(name)
-                }
-                SealedRef::Frozen { workspace, name, .. } => {
-                    sqlx::query("UPDATE workspace_secrets SET nonce = ?, ciphertext = ? WHERE workspace_id = ? AND name = ?")
-                        .bind(&row.nonce)
-                        .bind(&row.ciphertext)
-                        .bind(workspace.to_string())
-                        .bind(name)
-                }
+                SealedRef::Secret { scope, name, .. } => sqlx::query(
+                    "UPDATE secrets SET nonce = ?, ciphertext = ? WHERE scope = ? AND owner = ? AND name = ?",
+                )
+                .bind(&row.nonce)
+                .bind(&row.ciphertext)
+                .bind(scope.as_str())
+                .bind(scope.owner())
+                .bind(name),
+                SealedRef::Frozen { workspace, name, .. } => sqlx::query(
+                    "UPDATE workspace_secrets SET nonce = ?, ciphertext = ? WHERE workspace_id = ? AND name = ?",
+                )
+                .bind(&row.nonce)
+                .bind(&row.ciphertext)
+                .bind(workspace.to_string())
+                .bind(name),
             };
             query.execute(&mut *tx).await?;
         }
@@ -835,7 +842,11 @@ impl Store for SqliteStore {
             sqlx::query(&sql).bind(user.to_string()).bind(Utc::now().timestamp_millis()).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
-                Ok(Session { token: token_from_row(row)?, peer: row.try_get("peer")?, user_agent: row.try_get("user_agent")? })
+                Ok(Session {
+                    token: token_from_row(row)?,
+                    peer: row.try_get("peer")?,
+                    user_agent: row.try_get("user_agent")?,
+                })
             })
             .collect()
     }
