@@ -249,7 +249,12 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     let now = Utc::now();
     let mut header = vec!["NAME", "STATE", "IMAGE", "CPU/MEM", "AGE"];
-    if args.all {
+    // Workspaces shared with the caller show whose they are (`cove show OWNER/NAME`).
+    let with_owner = args.all || {
+        let me: Value = client.get("/api/v1/me").await?;
+        list.iter().any(|w| Some(w.owner.as_str()) != me["name"].as_str())
+    };
+    if with_owner {
         header.insert(1, "OWNER");
     }
     let rows: Vec<Vec<String>> = list
@@ -262,7 +267,7 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
                 format!("{}/{}", w.cpus, format_size(w.memory_bytes)),
                 age(w.created_at, now),
             ];
-            if args.all {
+            if with_owner {
                 row.insert(1, w.owner.clone());
             }
             row
