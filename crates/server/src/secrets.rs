@@ -61,7 +61,12 @@ impl Vault {
     /// The instance key: from `COVE_SECRET_KEY` if set, else the key file in `data_dir`,
     /// made (32 random bytes, 0600) if there is none yet.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        if let Ok(text) = std::env::var(KEY_ENV) {
+        Self::load_with(data_dir, std::env::var(KEY_ENV).ok())
+    }
+
+    /// [`Self::load_or_create`] with the environment's key given (`None`: not set).
+    fn load_with(data_dir: &Path, env_key: Option<String>) -> anyhow::Result<Self> {
+        if let Some(text) = env_key {
             let key = parse_hex_key(text.trim()).ok_or_else(|| {
                 anyhow::anyhow!("{KEY_ENV} must be 64 hex digits (32 bytes), such as `openssl rand -hex 32` prints")
             })?;
@@ -426,5 +431,43 @@ mod tests {
         assert!(err.to_string().contains("internal") || format!("{err:?}").contains("secret.key"), "{err:?}");
         std::fs::write(other.path().join(KEY_FILE), b"short").unwrap();
         assert!(Vault::load_or_create(other.path()).is_err());
+    }
+
+    #[test]
+    fn the_key_from_the_environment_wins_and_makes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let from_env = Vault::load_with(dir.path(), Some(format!("{}\n", hex::encode(key)))).unwrap();
+        assert!(!dir.path().join(KEY_FILE).exists());
+        let sealed = from_env.seal(UserId::new_random(), "h", "u", "value").unwrap();
+        assert_eq!(Vault::with_key(key, KeySource::Env).open(&sealed).unwrap(), "value");
+        // Not the file's key, even once a file exists.
+        let file = Vault::load_with(dir.path(), None).unwrap();
+        assert!(file.open(&sealed).is_err());
+        assert_eq!(Vault::load_with(dir.path(), Some(hex::encode(key))).unwrap().open(&sealed).unwrap(), "value");
+        for bad in ["", "abc", &"zz".repeat(32), &hex::encode([1u8; 31])] {
+            let err = Vault::load_with(dir.path(), Some(bad.to_string())).err().unwrap();
+            assert!(err.to_string().contains("COVE_SECRET_KEY must be 64 hex digits"), "{err}");
+        }
+    }
+
+    #[test]
+    fn secret_names_by_kind() {
+        for (name, kind, ok) in [
+            ("API_KEY", SecretKind::Env, true),
+            ("_x1", SecretKind::Env, true),
+            ("1X", SecretKind::Env, false),
+            ("A-B", SecretKind::Env, false),
+            ("", SecretKind::Env, false),
+            ("cert.pem", SecretKind::File, true),
+            ("id_rsa-2", SecretKind::File, true),
+            (".hidden", SecretKind::File, false),
+            ("..", SecretKind::File, false),
+            ("a/b", SecretKind::File, false),
+            ("a b", SecretKind::File, false),
+        ] {
+            assert_eq!(check_name(name, kind).is_ok(), ok, "{name:?} as {kind:?}");
+        }
+        assert!(check_name(&"A".repeat(129), SecretKind::Env).is_err());
     }
 }
