@@ -77,6 +77,7 @@ fn sessions_are_listed_and_revoked_and_logins_are_rate_limited() {
     let server = TestServer::start();
     let listed = server.ok(&["sessions", "ls"]);
     assert!(listed.contains("(this)") && listed.contains("127.0.0.1") && listed.contains("ADDRESS"), "{listed}");
+    assert!(listed.contains("cove-cli/"), "the CLI's user agent: {listed}");
 
     // A second login (another machine, say) shows up, and revoking it ends it at once.
     let other = tempfile::tempdir().unwrap();

@@ -268,6 +268,45 @@ async fn password_logins_are_rate_limited_per_account_and_per_address() {
 }
 
 #[tokio::test]
+async fn the_dashboard_login_form_shares_the_limits_and_records_sessions() {
+    let api = api().await;
+    api.user("ada", Role::Member).await;
+    let from: SocketAddr = "10.3.3.3:1234".parse().unwrap();
+    let form = |password: &str| {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", "Mozilla/5.0 (test)")
+            .body(Body::from(format!("username=ada&password={password}&next=%2F")))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(from));
+        req
+    };
+    let resp = api.router.clone().oneshot(form("pw")).await.unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    let secret = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let (_, sessions) = api.call(&secret, "GET", "/api/v1/sessions", None).await;
+    assert_eq!(sessions[0]["name"], "browser session", "{sessions}");
+    assert_eq!(sessions[0]["user_agent"], "Mozilla/5.0 (test)");
+    assert_eq!(sessions[0]["address"], "10.3.3.3");
+
+    for _ in 0..cove_server::access::ACCOUNT_FAILURES {
+        let resp = api.router.clone().oneshot(form("wrong")).await.unwrap();
+        let status = resp.status();
+        assert!(status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS, "the form again: {status}");
+    }
+    // The API shares the count: the account is locked on both doors.
+    assert_eq!(api.login("ada", "pw", "10.4.4.4:1".parse().unwrap()).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let resp = api.router.clone().oneshot(form("pw")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let page = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(page.contains("Too many failed logins"), "{page}");
+}
+
+#[tokio::test]
 async fn sessions_are_listed_and_revoked_at_once() {
     let api = api().await;
     api.user("ada", Role::Member).await;
