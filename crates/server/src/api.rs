@@ -474,7 +474,10 @@ async fn get_workspace(
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = crate::access::resolve_shared(&state, &user, &key).await?;
     let mut view = workspaces::view(&state, &ws);
-    view.handoff = state.store.handoff_get(ws.id).await?;
+    // The hand-off (its webhook) is the owner's business, not of those it is shared with.
+    if ws.owner == user.id || user.role == Role::Admin {
+        view.handoff = state.store.handoff_get(ws.id).await?;
+    }
     Ok(Json(view))
 }
 
