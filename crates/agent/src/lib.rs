@@ -206,8 +206,8 @@ async fn workspace_info(control: &control::Control) -> Option<contract::Workspac
 }
 
 /// `cove agent with-secrets -- CMD...`: CMD with the workspace's environment secrets.
-pub fn with_secrets(cmd: &[String]) -> anyhow::Result<std::convert::Infallible> {
-    secrets::with_secrets(cmd)
+pub fn with_secrets(cmd: &[String], keep: &[String]) -> anyhow::Result<std::convert::Infallible> {
+    secrets::with_secrets(cmd, keep)
 }
 
 /// `cove agent git-credential get|store|erase`: git's credential helper, run as the user.

@@ -115,8 +115,9 @@ pub fn parse_env_file(bytes: &[u8]) -> Vec<(String, String)> {
 
 /// `cove agent with-secrets -- CMD...`: runs CMD with the workspace's environment secrets
 /// (how `cove exec`'s processes, which the engine starts, get them). Waits a little for
-/// an agent that is still starting; without its secrets the command does not run.
-pub fn with_secrets(cmd: &[String]) -> anyhow::Result<std::convert::Infallible> {
+/// an agent that is still starting; without its secrets the command does not run. The
+/// variables in `keep` (set by the exec itself) are left as they are.
+pub fn with_secrets(cmd: &[String], keep: &[String]) -> anyhow::Result<std::convert::Infallible> {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = cmd.split_first() else {
         anyhow::bail!("give the command to run after --");
@@ -138,7 +139,11 @@ pub fn with_secrets(cmd: &[String]) -> anyhow::Result<std::convert::Infallible> 
     // The engine's exec may bring no PATH (an image that sets none); look up as the
     // agent's own user processes do.
     let path = std::env::var("PATH").unwrap_or_else(|_| crate::user::DEFAULT_PATH.to_string());
-    let error = std::process::Command::new(program).args(args).env("PATH", path).envs(parse_env_file(&bytes)).exec();
+    let error = std::process::Command::new(program)
+        .args(args)
+        .env("PATH", path)
+        .envs(parse_env_file(&bytes).into_iter().filter(|(k, _)| !keep.contains(k)))
+        .exec();
     anyhow::bail!("cannot run {program}: {error}")
 }
 

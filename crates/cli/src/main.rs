@@ -129,6 +129,9 @@ enum AgentCommand {
     GitCredential { operation: String },
     /// Run a command with the workspace's environment secrets (`cove exec` uses it).
     WithSecrets {
+        /// Leave this variable as it is (the exec set it itself); repeatable.
+        #[arg(long)]
+        keep: Vec<String>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
@@ -255,9 +258,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(c) => commands::image(c).await,
         Command::Editor(EditorCommand::Install(args)) => editor_install(args).map(|()| ExitCode::SUCCESS),
         Command::Agent { command: None } => agent().await.map(|()| ExitCode::SUCCESS),
-        Command::Agent { command: Some(AgentCommand::WithSecrets { cmd }) } => {
+        Command::Agent { command: Some(AgentCommand::WithSecrets { keep, cmd }) } => {
             let cmd = if cmd.first().is_some_and(|a| a == "--") { &cmd[1..] } else { &cmd[..] };
-            cove_agent::with_secrets(cmd).map(|_| ExitCode::SUCCESS)
+            cove_agent::with_secrets(cmd, &keep).map(|_| ExitCode::SUCCESS)
         }
         Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
             cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)

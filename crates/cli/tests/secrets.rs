@@ -121,6 +121,9 @@ fn secrets_are_frozen_delivered_on_a_tmpfs_and_never_stored_or_shown_in_clear() 
     assert_eq!(env_of(&server, "sec", "API_KEY"), api_value);
     assert_eq!(env_of(&server, "sec", "ONLY_INSTANCE"), "from-the-instance");
     assert_eq!(server.ok(&["exec", "sec", "--", "cat", "/run/cove/secrets/cert.pem"]), file_value);
+    // What the exec sets itself wins.
+    let mine = server.ok(&["exec", "sec", "-e", "API_KEY=mine", "--", "sh", "-c", "printf %s \"$API_KEY $SHARED\""]);
+    assert_eq!(mine, format!("mine {user_value}"));
     // The secrets live on a tmpfs, the user's alone.
     let mounts = server.ok(&["exec", "sec", "--", "cat", "/proc/mounts"]);
     assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run/cove ")), "{mounts}");

@@ -539,7 +539,7 @@ async fn exec(
     if let Some(bad) = body.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
         return Err(ApiError::InvalidRequest(format!("env entry {bad:?} must look like KEY=value")));
     }
-    let cmd = crate::secrets_api::exec_command(&state, &ws, body.cmd).await?;
+    let cmd = crate::secrets_api::exec_command(&state, &ws, body.cmd, &body.env).await?;
     let request = ExecRequest { cmd, env: body.env, workdir: body.workdir, user: None };
     state.activity.record(ws.id, "exec");
     let events = state.backend.exec(ws.id, request).await.map_err(|e| workspaces::backend_error(&ws, e))?;

@@ -204,13 +204,24 @@ async fn rotate_key(State(state): State<AppState>, caller: Caller) -> Result<Jso
 
 /// `cove exec`'s command: the engine starts it, not the agent, so with environment secrets
 /// it runs through `cove agent with-secrets`, which reads them from the workspace's tmpfs.
-pub async fn exec_command(state: &AppState, ws: &Workspace, cmd: Vec<String>) -> Result<Vec<String>, ApiError> {
+/// Variables the caller set for this exec (`env`, `KEY=value`) win over secrets.
+pub async fn exec_command(
+    state: &AppState,
+    ws: &Workspace,
+    cmd: Vec<String>,
+    env: &[String],
+) -> Result<Vec<String>, ApiError> {
     let has_env = state.store.workspace_secret_list(ws.id).await?.iter().any(|s| s.kind == SecretKind::Env);
     if !has_env || state.agents.run_dir(ws.id).is_none() {
         return Ok(cmd);
     }
     let mut wrapped = cove_runtime::inject::agent_command();
     wrapped.push("with-secrets".into());
+    for entry in env {
+        if let Some((key, _)) = entry.split_once('=') {
+            wrapped.push(format!("--keep={key}"));
+        }
+    }
     wrapped.push("--".into());
     wrapped.extend(cmd);
     Ok(wrapped)
