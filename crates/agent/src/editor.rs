@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
+use crate::lifecycle::{EnvOverrides, Lifecycle};
 use crate::user::WorkspaceUser;
 
 /// The socket code-server listens on, in the run directory's user part.
@@ -45,11 +46,24 @@ pub struct EditorConfig {
 }
 
 impl EditorConfig {
-    fn node(&self) -> PathBuf {
+    pub(crate) fn node(&self) -> PathBuf {
         self.dir.join("node/bin/node")
     }
 
-    fn entry(&self) -> PathBuf {
+    /// code-server's user data (settings, state; extensions in its `extensions/`), on the
+    /// persistent volume.
+    pub(crate) fn user_data(&self, user: &WorkspaceUser) -> PathBuf {
+        user.home.join(".local/share/code-server")
+    }
+
+    /// The flags that point code-server at [`Self::user_data`], for the server and for its
+    /// `--install-extension` runs alike.
+    pub(crate) fn data_args(&self, user: &WorkspaceUser) -> Vec<std::ffi::OsString> {
+        let data = self.user_data(user);
+        vec!["--user-data-dir".into(), data.clone().into(), "--extensions-dir".into(), data.join("extensions").into()]
+    }
+
+    pub(crate) fn entry(&self) -> PathBuf {
         self.dir.join("node_modules/code-server/out/node/entry.js")
     }
 
@@ -60,7 +74,6 @@ impl EditorConfig {
 
     /// code-server's command line (after the node binary).
     pub fn args(&self, user: &WorkspaceUser) -> Vec<std::ffi::OsString> {
-        let data = user.home.join(".local/share/code-server");
         let mut args: Vec<std::ffi::OsString> = vec![self.entry().into()];
         for flag in [
             "--auth=none",
@@ -73,10 +86,7 @@ impl EditorConfig {
         }
         args.push("--socket".into());
         args.push(self.socket.clone().into());
-        args.push("--user-data-dir".into());
-        args.push(data.clone().into());
-        args.push("--extensions-dir".into());
-        args.push(data.join("extensions").into());
+        args.extend(self.data_args(user));
         args.push(self.folder.clone().into());
         args
     }
@@ -96,14 +106,33 @@ pub struct EditorStatus {
 /// A running supervisor: its status, and the way to stop it.
 #[derive(Clone)]
 pub struct Editor {
+    config: EditorConfig,
     status: Arc<Mutex<EditorStatus>>,
+    /// The configuration's environment the running code-server got.
+    env: Arc<Mutex<EnvOverrides>>,
     stop: watch::Sender<bool>,
+    restart: Arc<watch::Sender<u64>>,
     done: watch::Receiver<bool>,
 }
 
 impl Editor {
     pub fn status(&self) -> EditorStatus {
         lock(&self.status).clone()
+    }
+
+    pub fn config(&self) -> &EditorConfig {
+        &self.config
+    }
+
+    /// Whether code-server runs with another environment than `env`.
+    pub fn env_differs(&self, env: &EnvOverrides) -> bool {
+        *lock(&self.env) != *env
+    }
+
+    /// Restarts code-server at once (no backoff), for it to load new extensions and the
+    /// configuration's environment.
+    pub fn restart(&self) {
+        self.restart.send_modify(|generation| *generation += 1);
     }
 
     /// Stops code-server (SIGTERM, then SIGKILL after a grace) and waits for the supervisor.
@@ -119,28 +148,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts supervising code-server, if one is mounted.
-pub fn start(config: EditorConfig, user: Arc<WorkspaceUser>) -> Option<Editor> {
+/// Starts supervising code-server, if one is mounted. Each run of it gets the
+/// configuration's environment as `lifecycle` has it then (empty until devcontainer.json is
+/// read: [`Editor::restart`] after that).
+pub fn start(config: EditorConfig, user: Arc<WorkspaceUser>, lifecycle: Lifecycle) -> Option<Editor> {
     if !config.present() {
         return None;
     }
     let status = Arc::new(Mutex::new(EditorStatus { state: "starting".into(), ..Default::default() }));
     let (stop, stopped) = watch::channel(false);
+    let (restart, restarts) = watch::channel(0);
     let (done_tx, done) = watch::channel(false);
-    let editor = Editor { status: status.clone(), stop, done };
+    let env = Arc::new(Mutex::new(EnvOverrides::new()));
+    let editor = Editor {
+        config: config.clone(),
+        status: status.clone(),
+        env: env.clone(),
+        stop,
+        restart: Arc::new(restart),
+        done,
+    };
     tokio::spawn(async move {
-        supervise(config, user, status, stopped).await;
+        let run = Run { config, user, lifecycle, status, env };
+        supervise(run, stopped, restarts).await;
         let _ = done_tx.send(true);
     });
     Some(editor)
 }
 
-async fn supervise(
+/// What the supervisor runs code-server with, and where it says how it goes.
+struct Run {
     config: EditorConfig,
     user: Arc<WorkspaceUser>,
+    lifecycle: Lifecycle,
     status: Arc<Mutex<EditorStatus>>,
-    mut stopped: watch::Receiver<bool>,
-) {
+    env: Arc<Mutex<EnvOverrides>>,
+}
+
+async fn supervise(run: Run, mut stopped: watch::Receiver<bool>, mut restarts: watch::Receiver<u64>) {
+    let Run { config, user, lifecycle, status, env } = run;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let stop_asked = *stopped.borrow();
@@ -149,6 +195,10 @@ async fn supervise(
         }
         remove_stale_socket(&config.socket);
         let mut command = user.command(config.node());
+        let configured = lifecycle.env();
+        crate::lifecycle::apply(&mut command, &configured);
+        *lock(&env) = configured;
+        restarts.mark_unchanged();
         command
             .args(config.args(&user))
             .current_dir(&config.folder)
@@ -179,6 +229,11 @@ async fn supervise(
                     _ = stop_wanted(&mut stopped) => {
                         terminate(&mut child).await;
                         break;
+                    }
+                    Ok(()) = restarts.changed() => {
+                        println!("cove agent: editor: restarting code-server for the workspace's configuration");
+                        terminate(&mut child).await;
+                        continue;
                     }
                 }
             }
@@ -296,7 +351,7 @@ mod tests {
         };
         let config =
             EditorConfig { dir: dir.path().into(), socket: dir.path().join("code.sock"), folder: dir.path().into() };
-        let editor = start(config, Arc::new(user)).unwrap();
+        let editor = start(config, Arc::new(user), Lifecycle::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = editor.status();

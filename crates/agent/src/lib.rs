@@ -22,6 +22,7 @@ pub mod activity;
 pub mod clone;
 pub mod control;
 pub mod credential;
+pub mod customize;
 pub mod editor;
 pub mod endpoint;
 pub mod lifecycle;
@@ -130,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket: config.run_dir.join(contract::USER_RUN_SUBDIR).join(editor::SOCKET_NAME),
         folder: user.home.join("project"),
     };
-    agent.editor = editor::start(editor, agent.user.clone());
+    agent.editor = editor::start(editor, agent.user.clone(), agent.lifecycle.clone());
     if agent.editor.is_none() {
         println!("cove agent: no editor in {} (cove editor install adds one)", config.editor_dir.display());
     }
@@ -160,9 +161,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         let ready = {
-            let (user, reporter) = (user.clone(), reporter.clone());
+            let (user, reporter, lifecycle) = (user.clone(), reporter.clone(), agent.lifecycle.clone());
             move || {
-                start_on_start_hook(&user);
+                start_on_start_hook(&user, &lifecycle);
                 if reporter.current() != AgentState::Failed {
                     println!("cove agent: ready");
                     reporter.report(AgentState::Ready, None);
@@ -315,7 +316,7 @@ impl StateReporter {
 
 /// `~/.cove/on-start`, if executable, runs in the background on every start (output in
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
-fn start_on_start_hook(user: &user::WorkspaceUser) {
+fn start_on_start_hook(user: &user::WorkspaceUser, lifecycle: &lifecycle::Lifecycle) {
     let hook = user.home.join(".cove/on-start");
     let executable =
         std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
@@ -324,6 +325,7 @@ fn start_on_start_hook(user: &user::WorkspaceUser) {
     }
     let log = user.home.join(".cove/on-start.log");
     let mut command = user.command(&hook);
+    lifecycle.apply_env(&mut command);
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log);
     match out.and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((stdout, stderr)) => {

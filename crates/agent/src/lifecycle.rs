@@ -19,7 +19,7 @@
 //! environment of the hooks and of the terminal's and SSH's processes ([`Lifecycle::apply_env`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cove_core::agent::AgentState;
@@ -127,7 +127,7 @@ impl Lifecycle {
     }
 }
 
-fn apply(command: &mut tokio::process::Command, env: &EnvOverrides) {
+pub(crate) fn apply(command: &mut tokio::process::Command, env: &EnvOverrides) {
     for (key, value) in env {
         match value {
             Some(value) => command.env(key, value),
@@ -295,6 +295,9 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
             shared.env = env.clone();
             shared.reporter = Some(reporter.clone());
         }
+        if let Some(editor) = agent.editor.clone() {
+            tokio::spawn(customize_editor(user.clone(), editor, config.vscode.clone(), env.clone()));
+        }
         let runner = Runner { user: &user, dir: user.home.join("project"), env: &env };
         let ready_at = ready_after(config.wait_for);
         for (i, hook) in START_HOOKS.into_iter().enumerate() {
@@ -324,6 +327,25 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
         agent.lifecycle.lock().post_attach = config.lifecycle.post_attach.clone();
         call_ready();
     });
+}
+
+/// `customizations.vscode` into the editor, which restarts when it has new extensions or
+/// runs without the configuration's environment.
+async fn customize_editor(
+    user: Arc<WorkspaceUser>,
+    editor: crate::editor::Editor,
+    vscode: cove_devcontainer::model::VsCode,
+    env: EnvOverrides,
+) {
+    let project = user.home.join("project");
+    let config_dir = cove_devcontainer::find(&project, None)
+        .ok()
+        .and_then(|file| file.parent().map(Path::to_path_buf))
+        .unwrap_or(project);
+    let applied = crate::customize::apply(&user, editor.config(), &vscode, &config_dir, &env).await;
+    if !applied.installed.is_empty() || editor.env_differs(&env) {
+        editor.restart();
+    }
 }
 
 /// `postAttachCommand`, in the background, for one terminal attach or SSH session; nothing

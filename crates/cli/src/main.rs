@@ -179,6 +179,93 @@ struct ServerArgs {
     /// Milliseconds between checks for idle workspaces.
     #[arg(long, default_value_t = 10_000)]
     idle_check_interval_ms: u64,
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// Login through an OpenID Connect provider (docs/architecture.md, "OpenID Connect").
+#[derive(clap::Args)]
+struct OidcArgs {
+    /// The provider's issuer URL, e.g. https://keycloak.example.com/realms/team; enables
+    /// "Sign in with" on the login page.
+    #[arg(long, env = "COVE_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The client id registered at the provider.
+    #[arg(long, env = "COVE_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (or set COVE_OIDC_CLIENT_SECRET; never a flag, so
+    /// that it stays out of `ps`).
+    #[arg(long, env = "COVE_OIDC_CLIENT_SECRET_FILE", requires = "oidc_issuer")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The provider's name on the login page's button (default: the issuer's host).
+    #[arg(long, env = "COVE_OIDC_NAME", requires = "oidc_issuer")]
+    oidc_name: Option<String>,
+    /// Only addresses at these domains (comma-separated) may log in; the provider must
+    /// say the address is verified.
+    #[arg(long, env = "COVE_OIDC_ALLOWED_DOMAINS", value_delimiter = ',', requires = "oidc_issuer")]
+    oidc_allowed_domains: Vec<String>,
+    /// Only members of one of these groups (comma-separated) may log in.
+    #[arg(long, env = "COVE_OIDC_ALLOWED_GROUPS", value_delimiter = ',', requires = "oidc_issuer")]
+    oidc_allowed_groups: Vec<String>,
+    /// Members of this group are admins, others members; set at every login.
+    #[arg(long, env = "COVE_OIDC_ADMIN_GROUP", requires = "oidc_issuer")]
+    oidc_admin_group: Option<String>,
+    /// The claim listing the user's groups.
+    #[arg(long, env = "COVE_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Scopes to ask for besides openid (comma-separated).
+    #[arg(long, env = "COVE_OIDC_SCOPES", value_delimiter = ',', default_value = "email,profile")]
+    oidc_scopes: Vec<String>,
+}
+
+impl OidcArgs {
+    fn config(self) -> anyhow::Result<Option<cove_server::oidc::OidcConfig>> {
+        use anyhow::Context as _;
+        let Some(issuer) = self.oidc_issuer else {
+            return Ok(None);
+        };
+        let client_id = self
+            .oidc_client_id
+            .context("--oidc-issuer needs --oidc-client-id, the client registered at the provider")?;
+        let secret = match (&self.oidc_client_secret_file, std::env::var("COVE_OIDC_CLIENT_SECRET")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the OIDC client secret file {}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, Ok(secret)) => secret.trim().to_string(),
+            (None, Err(_)) => anyhow::bail!(
+                "--oidc-issuer needs the client secret: give --oidc-client-secret-file or set COVE_OIDC_CLIENT_SECRET"
+            ),
+        };
+        if secret.is_empty() {
+            anyhow::bail!(
+                "the OIDC client secret is empty; put the secret the provider gave into the file or variable"
+            );
+        }
+        let display_name = match self.oidc_name {
+            Some(name) => name,
+            None => issuer.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or(&issuer).to_string(),
+        };
+        let clean = |list: Vec<String>| -> Vec<String> {
+            list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        };
+        let policy = cove_server::oidc::Policy {
+            allowed_domains: clean(self.oidc_allowed_domains).into_iter().map(|d| d.to_ascii_lowercase()).collect(),
+            allowed_groups: clean(self.oidc_allowed_groups),
+            admin_group: self.oidc_admin_group.filter(|g| !g.trim().is_empty()),
+            groups_claim: self.oidc_groups_claim,
+        };
+        let mut scopes = clean(self.oidc_scopes);
+        scopes.retain(|s| s != "openid");
+        Ok(Some(cove_server::oidc::OidcConfig {
+            issuer,
+            client_id,
+            client_secret: cove_server::oidc::Secret::new(secret),
+            display_name,
+            scopes,
+            policy,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -364,6 +451,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.reconcile = cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms);
     config.idle_check_interval = std::time::Duration::from_millis(args.idle_check_interval_ms.max(100));
     config.activity_flush_interval = config.idle_check_interval.min(std::time::Duration::from_secs(5));
+    config.oidc = args.oidc.config()?;
     let server = cove_server::start(config).await?;
     for note in &server.notes {
         eprintln!("{note}");

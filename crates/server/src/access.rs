@@ -125,12 +125,23 @@ pub async fn password_login(
         return Err(ApiError::Unauthenticated("invalid username or password".into()));
     };
     state.logins.record_success(username);
-    // As before scopes: the login token may do all its user may.
+    let (secret, token) = start_session(state, &user, origin, token_name).await?;
+    Ok((user, secret, token))
+}
+
+/// A new login session for `user` (password or single sign-on): a token with all its user
+/// may do, recorded with where it came from. The secret is returned once.
+pub async fn start_session(
+    state: &AppState,
+    user: &User,
+    origin: &Origin,
+    token_name: &str,
+) -> Result<(String, ApiToken), ApiError> {
     let scope = TokenScope::widest_for(user.role);
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, token_name, scope, None).await?;
+    let (secret, token) = auth::issue_token(state.store.as_ref(), user, token_name, scope, None).await?;
     let peer = origin.peer.map(|p| p.ip().to_string());
     state.store.session_record(token.id, peer.as_deref(), origin.user_agent.as_deref()).await?;
-    Ok((user, secret, token))
+    Ok((secret, token))
 }
 
 pub fn routes() -> Router<AppState> {

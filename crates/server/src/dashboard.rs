@@ -37,8 +37,8 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None)
+async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None, sso_name(&state))
 }
 
 #[derive(Deserialize)]
@@ -60,13 +60,14 @@ async fn login(
         match crate::access::password_login(&state, &form.username, form.password, &origin, "browser session").await {
             Ok((user, secret, _)) => (user, secret),
             Err(crate::error::ApiError::TooManyRequests(message, seconds)) => {
-                let mut response = pages::login_form(&next, Some(&format!("Too many failed logins: {message}.")));
+                let mut response =
+                    pages::login_form(&next, Some(&format!("Too many failed logins: {message}.")), sso_name(&state));
                 *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                 response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
                 return response;
             }
             Err(crate::error::ApiError::Unauthenticated(_)) => {
-                return pages::login_form(&next, Some("Invalid username or password."))
+                return pages::login_form(&next, Some("Invalid username or password."), sso_name(&state))
             }
             Err(_) => {
                 return pages::html(
@@ -82,8 +83,13 @@ async fn login(
     response
 }
 
+/// The OIDC provider's name for the login page's "Sign in with" button, if configured.
+fn sso_name(state: &AppState) -> Option<&str> {
+    state.oidc.as_ref().map(|o| o.config.display_name.as_str())
+}
+
 /// Only paths on this origin and app hosts of this Cove: never an open redirect.
-fn safe_next(next: &str) -> String {
+pub(crate) fn safe_next(next: &str) -> String {
     if next.starts_with('/') && !next.starts_with("//") {
         return next.to_string();
     }

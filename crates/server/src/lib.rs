@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod handoff;
+pub mod oidc;
 pub mod openapi;
 pub mod pages;
 pub mod quotas;
@@ -56,6 +57,8 @@ pub struct Config {
     pub wake_wait: std::time::Duration,
     pub activity_flush_interval: std::time::Duration,
     pub idle_check_interval: std::time::Duration,
+    /// Login through an OpenID Connect provider, when configured.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             wake_wait: std::time::Duration::from_secs(60),
             activity_flush_interval: std::time::Duration::from_secs(5),
             idle_check_interval: std::time::Duration::from_secs(10),
+            oidc: None,
         }
     }
 
@@ -120,6 +124,8 @@ pub struct AppState {
     pub agents: Arc<agents::Agents>,
     /// Failed password logins, per account and address.
     pub logins: Arc<access::LoginLimiter>,
+    /// `None` unless OIDC login is configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -174,10 +180,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if config.public_url.is_empty() {
         config.public_url = format!("http://localhost:{}", addr.port());
     }
+    let oidc = match &config.oidc {
+        Some(c) => {
+            let oidc = oidc::Oidc::new(c.clone(), &config.public_url)?;
+            notes.push(format!(
+                "OIDC login: {} at {}; register {} as the client's redirect URI",
+                c.display_name,
+                c.issuer,
+                oidc.redirect_url()
+            ));
+            Some(Arc::new(oidc))
+        }
+        None => None,
+    };
     let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
     let routes: Arc<gate::RouteCache> = Arc::default();
     routes.follow(reconciler.changes());
-    let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    let mut state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    state.oidc = oidc;
     agents::spawn_sync(state.clone());
     handoff::spawn(state.clone());
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
@@ -191,8 +211,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// the apps domain that are not app hosts get the plain 404 page, not the dashboard.
 pub fn router(state: AppState) -> axum::Router {
     let apps_domain = state.config.apps_domain.clone();
-    api::router(state.clone()).merge(dashboard::router().with_state(state)).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
+    api::router(state.clone()).merge(dashboard::router().merge(oidc::router()).with_state(state)).layer(
+        axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let under_apps_domain = request
                 .headers()
                 .get(axum::http::header::HOST)
@@ -205,8 +225,8 @@ pub fn router(state: AppState) -> axum::Router {
                 }
                 next.run(request).await
             }
-        },
-    ))
+        }),
+    )
 }
 
 /// The proxy for app hosts, deciding through the gate.
@@ -341,5 +361,6 @@ fn assemble(
         metrics,
         agents,
         logins: Arc::default(),
+        oidc: None,
     }
 }

@@ -54,6 +54,7 @@ async fn api() -> Api {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         logins: Arc::default(),
+        oidc: None,
     };
     Api { router: cove_server::router(state), store, dir }
 }

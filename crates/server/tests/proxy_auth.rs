@@ -92,6 +92,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         logins: Arc::default(),
+        oidc: None,
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
     let app = cove_server::router(state);

@@ -49,6 +49,15 @@ pub struct UserPatch {
     pub password_hash: Option<String>,
 }
 
+/// A provider's account as Cove links it: the issuer's URL and its stable subject id.
+#[derive(Clone, Debug)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+    /// The address the provider gave this time; informational, never a key.
+    pub email: Option<String>,
+}
+
 pub struct NewToken {
     pub user: UserId,
     pub name: String,
@@ -280,6 +289,15 @@ pub trait Store: Send + Sync + 'static {
     async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User>;
     /// The user and their password hash.
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>>;
+
+    /// The user linked to this provider account, if any.
+    async fn oidc_identity_user(&self, issuer: &str, subject: &str) -> Result<Option<User>>;
+    /// Makes a user and links the account to it, both or neither. `Conflict` when the
+    /// name is taken or the account is linked already.
+    async fn oidc_user_create(&self, new: NewUser, identity: OidcIdentity) -> Result<User>;
+    /// Records a login of a linked account: its latest email and, when `role` is given,
+    /// the role the provider's groups now map to. `NotFound` for an unlinked account.
+    async fn oidc_identity_login(&self, identity: OidcIdentity, role: Option<Role>) -> Result<User>;
 
     /// `NotFound` when the user does not exist.
     async fn token_create(&self, new: NewToken) -> Result<ApiToken>;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use cove_core::{
-    ActualState, ApiToken, Name, Resources, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec,
+    ActualState, ApiToken, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId,
+    WorkspaceSpec,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -19,8 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, FrozenSecret, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Sealed, SealedRef,
-    Secret, SecretScope, Session, Store, StoreError, UserPatch, WorkspacePatch,
+    AuditEntry, FrozenSecret, GitToken, Handoff, NewToken, NewUser, NewWorkspace, OidcIdentity, Quotas, Result, Sealed,
+    SealedRef, Secret, SecretScope, Session, Store, StoreError, UserPatch, WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -242,6 +243,76 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         Ok(Some((user_from_row(&row)?, row.try_get("password_hash")?)))
+    }
+
+    async fn oidc_identity_user(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM oidc_identities i JOIN users u ON u.id = i.user_id \
+             WHERE i.issuer = ? AND i.subject = ?"
+        );
+        let row = sqlx::query(&sql).bind(issuer).bind(subject).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn oidc_user_create(&self, new: NewUser, identity: OidcIdentity) -> Result<User> {
+        let user =
+            User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now(), disabled: false };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(user.name.as_str())
+            .bind(user.role.as_str())
+            .bind(&new.password_hash)
+            .bind(user.created_at.timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("a user named {} already exists", user.name)))?;
+        sqlx::query(
+            "INSERT INTO oidc_identities (issuer, subject, user_id, email, created_at, last_login_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&identity.issuer)
+        .bind(&identity.subject)
+        .bind(user.id.to_string())
+        .bind(&identity.email)
+        .bind(user.created_at.timestamp_millis())
+        .bind(user.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            insert_error(e, || format!("the account {} of {} is linked already", identity.subject, identity.issuer))
+        })?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn oidc_identity_login(&self, identity: OidcIdentity, role: Option<Role>) -> Result<User> {
+        let mut tx = self.pool.begin().await?;
+        let user_id: Option<String> = sqlx::query_scalar(
+            "UPDATE oidc_identities SET email = ?, last_login_at = ? WHERE issuer = ? AND subject = ? RETURNING user_id",
+        )
+        .bind(&identity.email)
+        .bind(now().timestamp_millis())
+        .bind(&identity.issuer)
+        .bind(&identity.subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let user_id = user_id.ok_or(StoreError::NotFound)?;
+        if let Some(role) = role {
+            sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+                .bind(role.as_str())
+                .bind(&user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
+            .bind(&user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn token_create(&self, new: NewToken) -> Result<ApiToken> {

@@ -623,6 +623,47 @@ async fn a_disabled_user_authenticates_no_token() {
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
 
+#[tokio::test]
+async fn oidc_accounts_are_linked_by_issuer_and_subject() {
+    let f = Fixture::new().await;
+    let issuer = "https://id.example.com";
+    let identity = |subject: &str, email: &str| cove_store::OidcIdentity {
+        issuer: issuer.into(),
+        subject: subject.into(),
+        email: Some(email.into()),
+    };
+    assert!(f.store.oidc_identity_user(issuer, "s-1").await.unwrap().is_none());
+    let new = NewUser { name: name("ada"), role: Role::Member, password_hash: "!oidc".into() };
+    let ada = f.store.oidc_user_create(new, identity("s-1", "ada@example.com")).await.unwrap();
+    assert_eq!(f.store.oidc_identity_user(issuer, "s-1").await.unwrap(), Some(ada.clone()));
+    // The same subject at another issuer is another account.
+    assert!(f.store.oidc_identity_user("https://other.example.com", "s-1").await.unwrap().is_none());
+
+    // A second link of the same account, or a taken name, changes nothing.
+    let again = NewUser { name: name("ada-2"), role: Role::Member, password_hash: "!oidc".into() };
+    assert!(matches!(
+        f.store.oidc_user_create(again, identity("s-1", "x@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let taken = NewUser { name: name("ada"), role: Role::Member, password_hash: "!oidc".into() };
+    assert!(matches!(
+        f.store.oidc_user_create(taken, identity("s-2", "y@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(f.store.user_count().await.unwrap(), 1);
+    assert!(f.store.oidc_identity_user(issuer, "s-2").await.unwrap().is_none());
+
+    // A login updates the role when the provider's groups say so, and only then.
+    let admin = f.store.oidc_identity_login(identity("s-1", "ada@new.example.com"), Some(Role::Admin)).await.unwrap();
+    assert_eq!((admin.id, admin.role), (ada.id, Role::Admin));
+    let same = f.store.oidc_identity_login(identity("s-1", "ada@new.example.com"), None).await.unwrap();
+    assert_eq!(same.role, Role::Admin);
+    assert!(matches!(
+        f.store.oidc_identity_login(identity("s-9", "z@example.com"), None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 fn secret(scope: cove_store::SecretScope, name: &str, ciphertext: &[u8]) -> cove_store::Secret {
     cove_store::Secret {
         scope,
