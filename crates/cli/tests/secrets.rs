@@ -17,6 +17,34 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// What a command typed into the workspace's web terminal (over the agent's socket, as the
+/// proxy's `term` app reaches it) prints, up to `needle`.
+fn in_terminal(socket: &Path, secret: &str, line: &str, needle: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    rt().block_on(async {
+        let mut request = "ws://agent/ws".into_client_request().unwrap();
+        request.headers_mut().insert("x-cove-agent-secret", secret.parse().unwrap());
+        request.headers_mut().insert("x-cove-app", "term".parse().unwrap());
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+        ws.send(Message::Binary(format!("{line}\r").into_bytes().into())).await.unwrap();
+        let mut output = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !String::from_utf8_lossy(&output).contains(needle) {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
+                Ok(Some(Ok(_))) => {}
+                other => {
+                    panic!("the terminal ended before {needle:?}: {other:?}\n{}", String::from_utf8_lossy(&output))
+                }
+            }
+        }
+        String::from_utf8_lossy(&output).to_string()
+    })
+}
+
 fn set(server: &TestServer, args: &[&str], value: &str) -> String {
     let mut child = Command::new(COVE)
         .args(["secrets", "set"])
@@ -134,6 +162,9 @@ fn secrets_are_frozen_delivered_on_a_tmpfs_and_never_stored_or_shown_in_clear() 
     let out = server.cove(&["ssh", "sec", "--", "printf '%s\\n' \"$API_KEY\"; cat /run/cove/secrets/cert.pem"]);
     assert!(out.status.success(), "cove ssh failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{api_value}\n{file_value}"));
+    // And the web terminal's shell.
+    let (socket, secret) = server.agent_endpoint("sec", WAIT);
+    in_terminal(&socket, &secret, "echo \"got:$API_KEY:$SHARED:end\"", &format!("got:{api_value}:{user_value}:end"));
 
     // Nowhere in clear: not on the volume (nor anywhere else the container writes to
     // disk), not in the engine's metadata, not in the database, not in the server's log.
