@@ -240,6 +240,7 @@ mod tests {
             home: dir.path().into(),
             shell: "/bin/sh".into(),
             switch: false,
+            secrets: crate::user::SecretEnv::default(),
         };
         let mut vscode = VsCode::default();
         vscode.settings.insert("editor.fontSize".into(), 19.into());

@@ -309,6 +309,7 @@ mod tests {
             home: "/home/cove".into(),
             shell: "/bin/bash".into(),
             switch: true,
+            secrets: crate::user::SecretEnv::default(),
         };
         let config = EditorConfig {
             dir: "/.cove/editor".into(),
@@ -346,6 +347,7 @@ mod tests {
             home: dir.path().into(),
             shell: "/bin/sh".into(),
             switch: false,
+            secrets: crate::user::SecretEnv::default(),
         };
         let config =
             EditorConfig { dir: dir.path().into(), socket: dir.path().join("code.sock"), folder: dir.path().into() };

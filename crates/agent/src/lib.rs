@@ -28,6 +28,7 @@ pub mod endpoint;
 pub mod lifecycle;
 pub mod ports;
 pub mod pty;
+pub mod secrets;
 pub mod ssh;
 pub mod terminal;
 pub mod tunnel;
@@ -84,6 +85,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             println!("cove agent: {message}");
             reporter.report(AgentState::Failed, Some(message));
             (user::WorkspaceUser::fallback(), user::Prepared::default())
+        }
+    };
+    // Before anything runs as the user: every process the agent starts gets them.
+    let user = match secrets::fetch(&control).await {
+        Ok(set) => match secrets::deliver(&config.root, &user, &set) {
+            Ok(env) => {
+                println!("cove agent: {} secret(s) delivered", set.len());
+                user::WorkspaceUser { secrets: user::SecretEnv(Arc::new(env)), ..user }
+            }
+            Err(e) => {
+                let message = format!("step 'deliver secrets' failed: {e}");
+                println!("cove agent: {message}");
+                reporter.report(AgentState::Failed, Some(message));
+                user
+            }
+        },
+        Err(e) => {
+            let message = format!("step 'fetch secrets' failed: {e}");
+            println!("cove agent: {message}");
+            reporter.report(AgentState::Failed, Some(message));
+            user
         }
     };
     if prepared.added_user {
@@ -182,6 +204,11 @@ async fn workspace_info(control: &control::Control) -> Option<contract::Workspac
     }
     println!("cove agent: the control plane did not say what this workspace is; starting without its repository");
     None
+}
+
+/// `cove agent with-secrets -- CMD...`: CMD with the workspace's environment secrets.
+pub fn with_secrets(cmd: &[String], keep: &[String]) -> anyhow::Result<std::convert::Infallible> {
+    secrets::with_secrets(cmd, keep)
 }
 
 /// `cove agent git-credential get|store|erase`: git's credential helper, run as the user.

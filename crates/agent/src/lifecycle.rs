@@ -386,6 +386,7 @@ mod tests {
             home: home.to_path_buf(),
             shell: "/bin/sh".into(),
             switch: false,
+            secrets: crate::user::SecretEnv::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod devcontainer;
 mod git_token;
 mod output;
 mod push;
+mod secrets;
 mod ssh;
 mod wait;
 
@@ -97,7 +98,8 @@ enum Remote {
     Push(push::PushArgs),
     /// Print (and open) the address of an app in a workspace: `cove open api 8080`.
     Open(commands::OpenArgs),
-    /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
+    /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`;
+    /// share the workspace with users: `cove share api --with bob` (`--remove bob`).
     Share(commands::ShareArgs),
     /// Git tokens workspaces' git uses (`cove git-token set github.com`).
     #[command(subcommand)]
@@ -105,6 +107,12 @@ enum Remote {
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
+    /// Secrets workspaces get as environment variables and files (`cove secrets set API_KEY`).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// Your login sessions: list and revoke.
+    #[command(subcommand)]
+    Sessions(secrets::SessionsCommand),
     /// Manage users (admins only).
     #[command(subcommand)]
     Users(commands::UsersCommand),
@@ -119,6 +127,14 @@ enum Remote {
 enum AgentCommand {
     /// git's credential helper (wired into the workspace's /etc/gitconfig): get|store|erase.
     GitCredential { operation: String },
+    /// Run a command with the workspace's environment secrets (`cove exec` uses it).
+    WithSecrets {
+        /// Leave this variable as it is (the exec set it itself); repeatable.
+        #[arg(long)]
+        keep: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -329,6 +345,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(c) => commands::image(c).await,
         Command::Editor(EditorCommand::Install(args)) => editor_install(args).map(|()| ExitCode::SUCCESS),
         Command::Agent { command: None } => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: Some(AgentCommand::WithSecrets { keep, cmd }) } => {
+            let cmd = if cmd.first().is_some_and(|a| a == "--") { &cmd[1..] } else { &cmd[..] };
+            cove_agent::with_secrets(cmd, &keep).map(|_| ExitCode::SUCCESS)
+        }
         Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
             cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)
         }
@@ -365,6 +385,8 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,
+        Remote::Secrets(c) => secrets::run(client, c).await,
+        Remote::Sessions(c) => secrets::sessions(client, c).await,
         Remote::GitToken(c) => git_token::run(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
         Remote::Admin(c) => commands::admin(client, c).await,

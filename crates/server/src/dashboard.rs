@@ -12,7 +12,7 @@ use cove_core::{hash_token, ApiToken, User};
 use cove_proxy::parse_host;
 use serde::Deserialize;
 
-use crate::{auth, pages, AppState};
+use crate::{pages, AppState};
 
 pub const SESSION_COOKIE: &str = "cove_session";
 
@@ -50,26 +50,35 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = form.next.unwrap_or_else(|| "/".into());
-    let Ok(Some(user)) = auth::check_password(state.store.as_ref(), &form.username, form.password).await else {
-        return pages::login_form(&next, Some("Invalid username or password."), sso_name(&state));
-    };
-    let Ok((secret, _)) = auth::issue_token(
-        state.store.as_ref(),
-        &user,
-        "browser session",
-        cove_core::TokenScope::widest_for(user.role),
-        None,
-    )
-    .await
-    else {
-        return pages::html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cannot log in",
-            "Cove could not store the session; try again.",
-        );
-    };
+    let origin = crate::access::Origin::of(&headers, peer.map(|axum::Extension(c)| c.0));
+    let (user, secret) =
+        match crate::access::password_login(&state, &form.username, form.password, &origin, "browser session").await {
+            Ok((user, secret, _)) => (user, secret),
+            Err(crate::error::ApiError::TooManyRequests(message, seconds)) => {
+                let mut response =
+                    pages::login_form(&next, Some(&format!("Too many failed logins: {message}.")), sso_name(&state));
+                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+                return response;
+            }
+            Err(crate::error::ApiError::Unauthenticated(_)) => {
+                return pages::login_form(&next, Some("Invalid username or password."), sso_name(&state))
+            }
+            Err(_) => {
+                return pages::html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cannot log in",
+                    "Cove could not store the session; try again.",
+                )
+            }
+        };
     tracing::info!(user = %user.name, "logged in to the dashboard");
     let mut response = pages::redirect(&safe_next(&next));
     pages::set_cookie(&mut response, SESSION_COOKIE, &secret, state.config.https(), None);

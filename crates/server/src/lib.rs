@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod activity;
 pub mod agents;
 pub mod api;
@@ -18,6 +19,7 @@ pub mod openapi;
 pub mod pages;
 pub mod quotas;
 pub mod secrets;
+pub mod secrets_api;
 pub mod tickets;
 pub mod tunnel;
 pub mod views;
@@ -121,6 +123,8 @@ pub struct AppState {
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
     pub agents: Arc<agents::Agents>,
+    /// Failed password logins, per account and address.
+    pub logins: Arc<access::LoginLimiter>,
     /// `None` unless OIDC login is configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
 }
@@ -168,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
     }
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
-    secrets::Vault::load_or_create(&config.data_dir)?;
+    secrets::check_key(store.as_ref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -258,7 +262,7 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
     let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
     let mut notes: Vec<String> = engine.note.iter().cloned().collect();
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
-    secrets::Vault::load_or_create(&config.data_dir)?;
+    secrets::check_key(store.as_ref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -361,6 +365,7 @@ fn assemble(
         signer,
         metrics,
         agents,
+        logins: Arc::default(),
         oidc: None,
     }
 }

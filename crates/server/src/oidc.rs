@@ -602,12 +602,14 @@ async fn callback(
     let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string());
     let provider = oidc.config.display_name.clone();
     let (mut response, actor, status) = match oidc.finish(state.store.as_ref(), &query, cookie).await {
-        Ok((user, next)) => match crate::auth::issue_token(
-            state.store.as_ref(),
+        Ok((user, next)) => match crate::access::start_session(
+            &state,
             &user,
+            &crate::access::Origin::of(
+                &headers,
+                extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
+            ),
             "browser session",
-            cove_core::TokenScope::widest_for(user.role),
-            None,
         )
         .await
         {

@@ -48,6 +48,7 @@ async fn dash(public_url: &str) -> Dash {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         oidc: None,
+        logins: Arc::default(),
     };
     Dash { router: cove_server::router(state), store, _dir: dir }
 }
