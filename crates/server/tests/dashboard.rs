@@ -237,6 +237,14 @@ async fn a_member_gets_the_same_not_found_for_another_members_workspace_as_for_n
         assert_eq!(d.get(&bob, path).await.status, StatusCode::NOT_FOUND, "{path}");
     }
 
+    // Shared with bob: listed for him with its terminal, and still no page of its own.
+    let (bob_user, _) = d.store.user_get_by_name_with_password(&Name::parse("bob").unwrap()).await.unwrap().unwrap();
+    d.store.workspace_share_add(ws.id, bob_user.id).await.unwrap();
+    let list = d.get(&bob, "/").await.body;
+    assert!(list.contains("shared by alice") && list.contains("http://term--web--alice.localhost:7080/"), "{list}");
+    assert!(!list.contains("/w/"), "{list}");
+    assert_eq!(d.get(&bob, &format!("/w/{}", ws.id)).await.status, StatusCode::NOT_FOUND);
+
     // An admin sees it (by id) and everyone's list.
     let root = d.login("root").await;
     let page = d.get(&root, &format!("/w/{}", ws.id)).await;

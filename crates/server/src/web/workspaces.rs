@@ -39,7 +39,10 @@ async fn visible(state: &AppState, session: &Session) -> Result<Vec<Workspace>, 
     Ok(if session.is_admin() {
         state.store.workspace_list_all().await?
     } else {
-        state.store.workspace_list_by_owner(session.user.id).await?
+        // As the API's list: one's own, then those shared with one.
+        let mut own = state.store.workspace_list_by_owner(session.user.id).await?;
+        own.extend(state.store.workspace_list_shared_with(session.user.id).await?);
+        own
     })
 }
 
@@ -82,13 +85,27 @@ fn list_html(state: &AppState, session: &Session, list: &[Workspace]) -> String 
             let owner =
                 if admin { format!("<td data-label=\"Owner\">{}</td>", escape(&v.owner)) } else { String::new() };
             let message = v.message.as_deref().map(|m| format!("<br><small>{}</small>", escape(m))).unwrap_or_default();
+            // Shared with this member: its page is the owner's, its apps and terminal theirs too.
+            let name_cell = if ws.owner == session.user.id || admin {
+                format!(
+                    "<a href=\"/w/{}\">{}</a>",
+                    escape(&cove_core::percent_encode(&key(session, ws))),
+                    escape(&v.name)
+                )
+            } else {
+                let term = state.config.app_url("term", ws.name.as_str(), ws.owner_name.as_str());
+                format!(
+                    "{} <span class=\"badge\">shared by {}</span><br><small><a href=\"{}\">Open terminal</a></small>",
+                    escape(&v.name),
+                    escape(&v.owner),
+                    escape(&term)
+                )
+            };
             format!(
-                "<tr data-ws=\"{id}\"><td data-label=\"Name\"><a href=\"/w/{key}\">{name}</a></td>{owner}\
+                "<tr data-ws=\"{id}\"><td data-label=\"Name\">{name_cell}</td>{owner}\
 <td data-label=\"State\"><span class=\"state state-{actual}\" data-field=\"state\">{state}</span>{message}</td>\
 <td data-label=\"Awake\">{awake}</td><td data-label=\"Size\">{cpus} CPU, {memory}</td></tr>",
                 id = v.id,
-                key = escape(&cove_core::percent_encode(&key(session, ws))),
-                name = escape(&v.name),
                 actual = v.actual_state.as_str().to_ascii_lowercase(),
                 state = escape(&state_text(&v)),
                 awake = escape(&v.awake(now)),
