@@ -13,7 +13,8 @@ use crate::error::ApiError;
 use crate::views::{CreateWorkspace, PatchWorkspace, Size};
 use crate::AppState;
 
-pub const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 60;
+/// A week: a longer idle timeout is "never" in all but name.
+pub const MAX_IDLE_TIMEOUT_SECONDS: u32 = 7 * 24 * 60 * 60;
 
 /// Finds a workspace by the caller's name for it, or by id. Another user's workspace is
 /// "not found" (not "forbidden") unless the caller is an admin: ids must not leak.
