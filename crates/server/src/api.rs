@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Pushes stream archives of any size (checked as they are read): no body limit.
         .merge(crate::files::router().layer(DefaultBodyLimit::disable()))
+        .merge(crate::devcontainers::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .with_state(state)
 }
@@ -472,6 +473,7 @@ async fn get_workspace(
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = workspaces::resolve(&state, &user, &key).await?;
+    crate::devcontainers::maybe_check(&state, &ws);
     let mut view = workspaces::view(&state, &ws);
     view.handoff = state.store.handoff_get(ws.id).await?;
     Ok(Json(view))

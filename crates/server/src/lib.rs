@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod dashboard;
+pub mod devcontainers;
 pub mod error;
 pub mod files;
 pub mod gate;
@@ -54,6 +55,8 @@ pub struct Config {
     pub wake_wait: std::time::Duration,
     pub activity_flush_interval: std::time::Duration,
     pub idle_check_interval: std::time::Duration,
+    /// What a devcontainer.json may ask of this instance (binds, privileges, initializeCommand).
+    pub devcontainer_policy: cove_devcontainer::Policy,
 }
 
 impl Config {
@@ -71,6 +74,7 @@ impl Config {
             wake_wait: std::time::Duration::from_secs(60),
             activity_flush_interval: std::time::Duration::from_secs(5),
             idle_check_interval: std::time::Duration::from_secs(10),
+            devcontainer_policy: cove_devcontainer::Policy::default(),
         }
     }
 
@@ -116,6 +120,7 @@ pub struct AppState {
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
     pub agents: Arc<agents::Agents>,
+    pub builds: Arc<devcontainers::Builds>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -336,5 +341,6 @@ fn assemble(
         signer,
         metrics,
         agents,
+        builds: Arc::default(),
     }
 }
