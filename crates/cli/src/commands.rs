@@ -168,6 +168,16 @@ impl WaitArgs {
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.from_dir {
         crate::push::check_dir(dir, "project")?;
+        // What the server would refuse after the upload is refused before anything is made.
+        match cove_devcontainer::read_configuration(dir, None, &std::env::vars().collect()) {
+            Err(
+                e @ (cove_devcontainer::Error::ComposeUnsupported { .. } | cove_devcontainer::Error::Syntax { .. }),
+            ) => {
+                bail!("workspace {} was not created: step 'read devcontainer.json' failed: {e}", args.name)
+            }
+            // Anything else the server says once the files are there (with its policy).
+            _ => {}
+        }
     }
     // With a folder to fill it from, the workspace is made stopped, filled, then started.
     let start = !args.stopped && args.from_dir.is_none();
@@ -321,7 +331,10 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
         lines.push(("rebuild", format!("needed: devcontainer.json changed; run `cove rebuild {}`", w.name)));
     }
     if let Some(b) = w.devcontainer.as_ref().and_then(|d| d.build.as_ref()) {
-        lines.push(("devcontainer", format!("{}{}", b.state, b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())));
+        lines.push((
+            "devcontainer",
+            format!("{}{}", b.state, b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()),
+        ));
     }
     lines.extend([
         ("image", w.image.clone()),
@@ -413,7 +426,11 @@ pub async fn rebuild(client: &Client, args: StateArgs) -> anyhow::Result<ExitCod
             }
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("{}: the rebuild did not finish in time; follow it with `cove show {}`", args.name, args.name);
+            anyhow::bail!(
+                "{}: the rebuild did not finish in time; follow it with `cove show {}`",
+                args.name,
+                args.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -448,7 +465,11 @@ pub async fn rebuild(client: &Client, args: StateArgs) -> anyhow::Result<ExitCod
                 }
             }
             if std::time::Instant::now() > deadline {
-                bail!("{}: the new container is not ready in time; follow it with `cove show {}`", args.name, args.name);
+                bail!(
+                    "{}: the new container is not ready in time; follow it with `cove show {}`",
+                    args.name,
+                    args.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

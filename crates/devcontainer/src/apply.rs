@@ -114,7 +114,8 @@ fn run_args(args: &[String], out: &mut ContainerConfig, notes: &mut Vec<String>)
             ("--cap-add", Some(v)) => out.cap_add.push(v),
             ("--security-opt", Some(v)) => out.security_opt.push(v),
             ("--mount" | "-v" | "--volume", Some(v)) => {
-                let parsed = if flag == "--mount" { crate::model::parse_mount_string(&v).ok() } else { volume_flag(&v) };
+                let parsed =
+                    if flag == "--mount" { crate::model::parse_mount_string(&v).ok() } else { volume_flag(&v) };
                 match parsed.as_ref().and_then(mount) {
                     Some(m) => out.mounts.push(m),
                     None => notes.push(format!("runArgs {flag} {v}: not understood; left out")),

@@ -18,8 +18,9 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use cove_core::{ContainerState, Observed, ObservedContainer, WorkspaceId};
@@ -547,7 +548,11 @@ impl Backend for DockerBackend {
         }
     }
 
-    async fn build_image(&self, build: &crate::ImageBuild, progress: &mut (dyn for<'p> FnMut(&'p str) + Send)) -> Result<()> {
+    async fn build_image(
+        &self,
+        build: &crate::ImageBuild,
+        progress: &mut (dyn for<'p> FnMut(&'p str) + Send),
+    ) -> Result<()> {
         let context = format!("build image {}", build.tag);
         let file = tokio::fs::File::open(&build.context)
             .await

@@ -300,7 +300,11 @@ impl Backend for FakeBackend {
         Ok(true)
     }
 
-    async fn build_image(&self, build: &crate::ImageBuild, progress: &mut (dyn for<'p> FnMut(&'p str) + Send)) -> Result<()> {
+    async fn build_image(
+        &self,
+        build: &crate::ImageBuild,
+        progress: &mut (dyn for<'p> FnMut(&'p str) + Send),
+    ) -> Result<()> {
         progress(&format!("fake build of {}", build.tag));
         Ok(())
     }

@@ -87,6 +87,8 @@ impl BuildStatus {
 pub struct Builds {
     status: Mutex<HashMap<WorkspaceId, BuildStatus>>,
     checked: Mutex<HashMap<WorkspaceId, Instant>>,
+    /// The status of the last application, per workspace.
+    applied: Mutex<HashMap<WorkspaceId, BuildStatus>>,
 }
 
 impl Builds {
@@ -258,10 +260,22 @@ async fn run(state: &AppState, id: WorkspaceId, mode: Mode) -> Result<(), String
     let apply = match mode {
         Mode::Check => return Ok(()),
         Mode::Start => applied.is_none(),
-        Mode::Rebuild => applied != Some(plan.hash.as_str()) || !state.backend.image_exists(&plan.image).await.unwrap_or(false),
+        // The configuration, or the image its context makes, changed; or the image is gone.
+        Mode::Rebuild => {
+            applied != Some(plan.hash.as_str())
+                || plan.image != ws.spec.image
+                || !state.backend.image_exists(&plan.image).await.unwrap_or(false)
+        }
     };
     if !apply {
         if applied == Some(plan.hash.as_str()) {
+            // The container made by the last application starting: that status still says
+            // what happened (built or cached).
+            let last = lock(&state.builds.applied).get(&id).cloned();
+            if let Some(last) = last.filter(|_| mode == Mode::Start) {
+                state.builds.set(id, last);
+                return Ok(());
+            }
             status.message = Some("devcontainer.json is applied; nothing changed".into());
         } else {
             status.state = "rebuild_needed".into();
@@ -314,7 +328,11 @@ async fn run(state: &AppState, id: WorkspaceId, mode: Mode) -> Result<(), String
         config: plan.config.clone(),
         hash: plan.hash.clone(),
     };
-    let ws = state.store.workspace_devcontainer_apply(id, apply).await.map_err(|e| fail("apply devcontainer.json", e.to_string()))?;
+    let ws = state
+        .store
+        .workspace_devcontainer_apply(id, apply)
+        .await
+        .map_err(|e| fail("apply devcontainer.json", e.to_string()))?;
     let replaced = ws.spec.hash() != before;
     tracing::info!(workspace = %name, image = %plan.image, cached, replaced, "devcontainer.json applied");
     status.state = "applied".into();
@@ -325,6 +343,7 @@ async fn run(state: &AppState, id: WorkspaceId, mode: Mode) -> Result<(), String
         format!("devcontainer.json applied: image {} built", plan.image)
     });
     status.log = state.builds.status(id).map(|s| s.log).unwrap_or_default();
+    lock(&state.builds.applied).insert(id, status.clone());
     state.builds.set(id, status);
     state.routes.invalidate();
     state.reconciler.poke();
@@ -361,8 +380,18 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         .map_err(|e| virtual_paths(&e.to_string(), &root))?;
     cove_devcontainer::policy::check_features(&features, policy).map_err(|e| e.to_string())?;
 
+    let dockerfile_text = match &config.source {
+        ImageSource::Build(b) => std::fs::read(real(&b.dockerfile))
+            .map_err(|e| format!("cannot read the Dockerfile {} ({e})", b.dockerfile.display()))?,
+        ImageSource::Image(_) => vec![],
+    };
+    let (config2, root2, features2, df2) = (config.clone(), root.clone(), features.clone(), dockerfile_text.clone());
+    let seen_hash = tokio::task::spawn_blocking(move || config_hash(&config2, &df2, &root2, &features2))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read the features: {e}"))?;
     let mut builds = vec![];
-    let (mut image, mut input_hash) = match &config.source {
+    let (mut image, input_hash) = match &config.source {
         ImageSource::Image(image) => {
             if !state.backend.image_exists(image).await.map_err(|e| e.to_string())? {
                 return Err(format!(
@@ -374,9 +403,7 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         ImageSource::Build(b) => {
             let dir = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
             let context = dir.path().join("context.tar");
-            let dockerfile = std::fs::read(real(&b.dockerfile))
-                .map_err(|e| format!("cannot read the Dockerfile {} ({e})", b.dockerfile.display()))?;
-            let (ctx, df) = (real(&b.context), dockerfile.clone());
+            let (ctx, df) = (real(&b.context), dockerfile_text.clone());
             let context2 = context.clone();
             let files_hash = tokio::task::spawn_blocking(move || pack_context(&ctx, &df, &context2))
                 .await
@@ -423,12 +450,13 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
             dir,
         ));
         image = tag;
-        input_hash = hash;
     }
     let (container, notes) = cove_devcontainer::apply::container_config(&config, &features);
     let resources = at_least(ws.spec.resources, &config.host_requirements)?;
-    let spec = WorkspaceSpec { image: image.clone(), resources, config: container.clone() };
-    let hash = content_hash(&[b"applied", input_hash.as_bytes(), spec.hash().as_bytes()]);
+    // Not the image's tag: it follows the context's files, and code edits are no reason
+    // to call a rebuild needed.
+    let settings = WorkspaceSpec { image: String::new(), resources, config: container.clone() };
+    let hash = content_hash(&[b"applied", seen_hash.as_bytes(), settings.hash().as_bytes()]);
     Ok(Some(Plan {
         builds,
         image,
@@ -448,7 +476,8 @@ fn resolve(ws: &Workspace, root: &Path, file: &Path, text: &str) -> Result<DevCo
     let config_file = Path::new(PROJECT).join(rel);
     let text = match cove_devcontainer::jsonc::parse(text) {
         Ok(serde_json::Value::Object(mut raw)) => {
-            if !["image", "build", "dockerFile", "dockerfile", "dockerComposeFile"].iter().any(|k| raw.contains_key(*k)) {
+            if !["image", "build", "dockerFile", "dockerfile", "dockerComposeFile"].iter().any(|k| raw.contains_key(*k))
+            {
                 raw.insert("image".into(), ws.spec.image.clone().into());
             }
             serde_json::Value::Object(raw).to_string()
@@ -458,8 +487,12 @@ fn resolve(ws: &Workspace, root: &Path, file: &Path, text: &str) -> Result<DevCo
     };
     // The Cove host's environment is not the user's: `${localEnv:...}` sees none of it.
     let env = BTreeMap::from([("HOME".to_string(), WORKSPACE_HOME.to_string())]);
-    let input =
-        cove_devcontainer::Input { local_folder: Path::new(PROJECT), config_file: &config_file, text: &text, env: &env };
+    let input = cove_devcontainer::Input {
+        local_folder: Path::new(PROJECT),
+        config_file: &config_file,
+        text: &text,
+        env: &env,
+    };
     cove_devcontainer::resolve(&input).map(|r| r.config).map_err(|e| e.to_string())
 }
 
@@ -516,6 +549,20 @@ fn pack_context(context: &Path, dockerfile: &[u8], out: &Path) -> std::io::Resul
     packer.finish()
 }
 
+/// What decides the configuration apart from the build context's files: the configuration
+/// itself, the Dockerfile, the features' folders. Edits of the project's code do not make
+/// a rebuild "needed"; `cove rebuild` still builds a new image when the context changed.
+fn config_hash(config: &DevContainer, dockerfile: &[u8], root: &Path, features: &[Feature]) -> std::io::Result<String> {
+    let mut packer = Packer::hashing();
+    let raw = serde_json::to_vec(&config.raw).unwrap_or_default();
+    packer.file(Path::new("devcontainer.json"), 0, &raw)?;
+    packer.file(Path::new("Dockerfile"), 0, dockerfile)?;
+    for (i, f) in features.iter().enumerate() {
+        packer.dir(&root.join(f.dir.strip_prefix(PROJECT).unwrap_or(&f.dir)), Path::new(&format!("features/{i}")))?;
+    }
+    packer.finish()
+}
+
 /// The features' folders at `features/<i>/`, each with its `devcontainer-features.env`, and
 /// the Dockerfile that installs them.
 fn pack_features(root: &Path, features: &[Feature], dockerfile: &str, out: &Path) -> std::io::Result<String> {
@@ -532,14 +579,19 @@ fn pack_features(root: &Path, features: &[Feature], dockerfile: &str, out: &Path
 }
 
 struct Packer {
-    tar: tar::Builder<std::io::BufWriter<std::fs::File>>,
+    tar: tar::Builder<Box<dyn std::io::Write + Send>>,
     hash: Sha256,
 }
 
 impl Packer {
     fn new(out: &Path) -> std::io::Result<Self> {
         let file = std::io::BufWriter::new(std::fs::File::create(out)?);
-        Ok(Self { tar: tar::Builder::new(file), hash: Sha256::new() })
+        Ok(Self { tar: tar::Builder::new(Box::new(file)), hash: Sha256::new() })
+    }
+
+    /// Only the hash: the archive goes nowhere.
+    fn hashing() -> Self {
+        Self { tar: tar::Builder::new(Box::new(std::io::sink())), hash: Sha256::new() }
     }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -659,7 +711,11 @@ mod tests {
     #[test]
     fn host_requirements_are_minimums() {
         let current = Resources { cpus_milli: 2000, memory_bytes: 4 << 30, disk_bytes: None };
-        let req = cove_devcontainer::model::HostRequirements { cpus: Some(1), memory_bytes: Some(8 << 30), storage_bytes: None };
+        let req = cove_devcontainer::model::HostRequirements {
+            cpus: Some(1),
+            memory_bytes: Some(8 << 30),
+            storage_bytes: None,
+        };
         let r = at_least(current, &req).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((r.cpus_milli, r.memory_bytes), (2000, 8 << 30));
         let too_much = cove_devcontainer::model::HostRequirements { cpus: Some(100_000), ..Default::default() };

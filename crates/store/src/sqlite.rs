@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, DevcontainerApply, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store, StoreError, UserPatch,
-    WorkspacePatch,
+    AuditEntry, DevcontainerApply, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store,
+    StoreError, UserPatch, WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
