@@ -333,7 +333,10 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
 /// older control plane, or none) the hooks run.
 pub async fn configured(user: &WorkspaceUser, control: &crate::control::Control, reporter: &StateReporter) -> bool {
     use cove_core::agent::{DevcontainerAction, DevcontainerAnswer, DevcontainerQuestion};
-    if !matches!(cove_devcontainer::find(&user.home.join("project"), None), Ok(_)) {
+    if matches!(
+        cove_devcontainer::find(&user.home.join("project"), None),
+        Err(cove_devcontainer::Error::NotFound { .. })
+    ) {
         return true;
     }
     let Ok(spec_hash) = std::env::var("COVE_SPEC_HASH") else { return true };

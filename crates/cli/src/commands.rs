@@ -168,15 +168,13 @@ impl WaitArgs {
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.from_dir {
         crate::push::check_dir(dir, "project")?;
-        // What the server would refuse after the upload is refused before anything is made.
-        match cove_devcontainer::read_configuration(dir, None, &std::env::vars().collect()) {
-            Err(
-                e @ (cove_devcontainer::Error::ComposeUnsupported { .. } | cove_devcontainer::Error::Syntax { .. }),
-            ) => {
-                bail!("workspace {} was not created: step 'read devcontainer.json' failed: {e}", args.name)
-            }
-            // Anything else the server says once the files are there (with its policy).
-            _ => {}
+        // What the server would refuse after the upload is refused before anything is made;
+        // the rest (its policy) the server says once the files are there.
+        use cove_devcontainer::Error as E;
+        if let Err(e @ (E::ComposeUnsupported { .. } | E::Syntax { .. })) =
+            cove_devcontainer::read_configuration(dir, None, &std::env::vars().collect())
+        {
+            bail!("workspace {} was not created: step 'read devcontainer.json' failed: {e}", args.name)
         }
     }
     // With a folder to fill it from, the workspace is made stopped, filled, then started.
