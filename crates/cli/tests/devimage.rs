@@ -170,6 +170,8 @@ fn a_dockerfile_devcontainer_from_a_git_server_is_built_cached_and_rebuilt() {
     assert_eq!(ws["agent"]["state"], "ready", "{ws}");
     assert_eq!(ws["devcontainer"]["build"]["cached"], false, "{ws}");
     assert_eq!(ws["devcontainer"]["ports"]["3000"], "web", "{ws}");
+    let ports = server.ok(&["ports", "one"]);
+    assert!(ports.lines().any(|l| l.starts_with("3000") && l.contains("web")), "{ports}");
 
     // The Dockerfile's build arg, the feature (its option, upper-cased, and its env) and
     // containerEnv are in the container the hooks ran in.

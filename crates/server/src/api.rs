@@ -652,5 +652,7 @@ async fn ports(
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ws = own_workspace(&state, &user, &key).await?;
-    Ok(Json(tunnel::get_json(&state, &ws, "/ports").await?))
+    let mut ports = tunnel::get_json(&state, &ws, "/ports").await?;
+    crate::devcontainers::label_ports(&ws, &mut ports);
+    Ok(Json(ports))
 }

@@ -210,6 +210,30 @@ pub fn maybe_check(state: &AppState, ws: &Workspace) {
     });
 }
 
+/// Adds `forwardPorts`/`portsAttributes` labels (`cove.port.<n>`) to the agent's list of
+/// listening ports, and lists the configured ports nothing listens on yet (no addresses).
+pub fn label_ports(ws: &Workspace, ports: &mut serde_json::Value) {
+    let Some(list) = ports.as_array_mut() else { return };
+    let labels: BTreeMap<u16, &String> = ws
+        .spec
+        .config
+        .labels
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("cove.port.")?.parse().ok()?, v)))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in list.iter_mut() {
+        let Some(n) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok()) else { continue };
+        seen.insert(n);
+        if let Some(label) = labels.get(&n) {
+            p["label"] = serde_json::Value::String((*label).clone());
+        }
+    }
+    for (n, label) in labels.iter().filter(|(n, _)| !seen.contains(*n)) {
+        list.push(serde_json::json!({"port": n, "addresses": [], "label": label, "forwarded": true}));
+    }
+}
+
 fn spawn(state: AppState, id: WorkspaceId, mode: Mode) {
     tokio::spawn(async move {
         if let Err(message) = run(&state, id, mode).await {
