@@ -395,17 +395,24 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         Err(cove_devcontainer::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(virtual_paths(&e.to_string(), &root)),
     };
+    let file = within(&root, &file)?;
     let text = cove_devcontainer::load::read(&file).map_err(|e| virtual_paths(&e.to_string(), &root))?;
     let config = resolve(ws, &root, &file, &text).map_err(|e| virtual_paths(&e, &root))?;
     let policy = &state.config.devcontainer_policy;
     cove_devcontainer::policy::check(&config, PROJECT, policy).map_err(|e| virtual_paths(&e.to_string(), &root))?;
-    let real = |p: &Path| root.join(p.strip_prefix(PROJECT).unwrap_or(p));
-    let features = cove_devcontainer::features::resolve(&config, &|p| std::fs::read_to_string(real(p)))
+    // Every path the configuration names must stay in the project once symbolic links are
+    // followed: the copy is on the Cove host, and a link to /etc must not end up in an image.
+    let real = |p: &Path| within(&root, &root.join(p.strip_prefix(PROJECT).unwrap_or(p)));
+    let read_inside = |p: &Path| {
+        let path = real(p).map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+        std::fs::read_to_string(path)
+    };
+    let features = cove_devcontainer::features::resolve(&config, &read_inside)
         .map_err(|e| virtual_paths(&e.to_string(), &root))?;
     cove_devcontainer::policy::check_features(&features, policy).map_err(|e| e.to_string())?;
 
     let dockerfile_text = match &config.source {
-        ImageSource::Build(b) => std::fs::read(real(&b.dockerfile))
+        ImageSource::Build(b) => std::fs::read(real(&b.dockerfile)?)
             .map_err(|e| format!("cannot read the Dockerfile {} ({e})", b.dockerfile.display()))?,
         ImageSource::Image(_) => vec![],
     };
@@ -427,7 +434,7 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         ImageSource::Build(b) => {
             let dir = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
             let context = dir.path().join("context.tar");
-            let (ctx, df) = (real(&b.context), dockerfile_text.clone());
+            let (ctx, df) = (real(&b.context)?, dockerfile_text.clone());
             let context2 = context.clone();
             let files_hash = tokio::task::spawn_blocking(move || pack_context(&ctx, &df, &context2))
                 .await
@@ -455,6 +462,9 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         let dir = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
         let context = dir.path().join("context.tar");
         let dockerfile = cove_devcontainer::apply::features_dockerfile(&image, &features);
+        for f in &features {
+            real(&f.dir)?;
+        }
         let (features2, context2, df) = (features.clone(), context.clone(), dockerfile.clone());
         let root2 = root.clone();
         let files_hash = tokio::task::spawn_blocking(move || pack_features(&root2, &features2, &df, &context2))
@@ -518,6 +528,20 @@ fn resolve(ws: &Workspace, root: &Path, file: &Path, text: &str) -> Result<DevCo
         env: &env,
     };
     cove_devcontainer::resolve(&input).map(|r| r.config).map_err(|e| e.to_string())
+}
+
+/// `path` with its symbolic links followed, if that is still inside `root`.
+fn within(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let shown = || virtual_paths(&path.display().to_string(), root);
+    let root = root.canonicalize().map_err(|e| format!("cannot read the project: {e}"))?;
+    let real = path.canonicalize().map_err(|e| format!("cannot read {} ({e})", shown()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{} leads outside the project (a symbolic link); Cove reads only the project's own files",
+            shown()
+        ));
+    }
+    Ok(real)
 }
 
 /// Messages name the files as the user knows them, in `~/project`, not the scratch copy.
@@ -730,6 +754,20 @@ mod tests {
             .map(|e| e.unwrap_or_else(|e| panic!("{e}")).path().unwrap_or_else(|e| panic!("{e}")).display().to_string())
             .collect();
         assert_eq!(names, vec!["a.txt".to_string(), DOCKERFILE_IN_CONTEXT.to_string()]);
+    }
+
+    #[test]
+    fn paths_that_leave_the_project_through_a_link_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().join("project");
+        std::fs::create_dir_all(root.join(".devcontainer")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("secret"), "x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join(".devcontainer/Dockerfile"), "FROM x").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join(".devcontainer/evil"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(within(&root, &root.join(".devcontainer/Dockerfile")).is_ok());
+        let err = within(&root, &root.join(".devcontainer/evil")).err().unwrap_or_default();
+        assert!(err.contains("/home/cove/project/.devcontainer/evil") && err.contains("outside"), "{err}");
     }
 
     #[test]
