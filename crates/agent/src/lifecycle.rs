@@ -295,6 +295,16 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
             shared.env = env.clone();
             shared.reporter = Some(reporter.clone());
         }
+        if let Some(editor) = &agent.editor {
+            let vscode = &config.vscode;
+            if !vscode.settings.is_empty() || !vscode.extensions.is_empty() {
+                for line in crate::editor::customize(&editor.config, &user, vscode, &user.home.join("project")).await {
+                    println!("cove agent: {line}");
+                }
+            }
+        } else if !config.vscode.extensions.is_empty() {
+            println!("cove agent: editor: no editor in this workspace (cove editor install adds one); extensions not installed");
+        }
         let runner = Runner { user: &user, dir: user.home.join("project"), env: &env };
         let ready_at = ready_after(config.wait_for);
         for (i, hook) in START_HOOKS.into_iter().enumerate() {
