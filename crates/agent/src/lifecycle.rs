@@ -15,8 +15,9 @@
 //! `${containerWorkspaceFolder}` are `~/project` (a `workspaceFolder` in the file is
 //! overridden), and a configuration without `image` or `build` is fine: the image is
 //! whatever the workspace runs. `initializeCommand` runs on the Cove host, the control
-//! plane's business (`server::devcontainers`), never here. `containerEnv` and `remoteEnv` are added to the
-//! environment of the hooks and of the terminal's and SSH's processes ([`Lifecycle::apply_env`]).
+//! plane's business (`server::devcontainers`), never here. `containerEnv` and `remoteEnv`
+//! are added to the environment of the hooks and of the terminal's and SSH's processes
+//! ([`Lifecycle::apply_env`]).
 //! Before the hooks, [`configured`] waits until the control plane says this container is the
 //! one the configuration wants (it may build an image and replace the container first).
 
