@@ -252,6 +252,42 @@ fn compose_and_initialize_command_are_refused_clearly() {
     let err = server.fails(&["create", "init", "--from-dir", dir.path().to_str().unwrap()]);
     assert!(err.contains("init") && err.contains("initializeCommand"), "{err}");
     assert!(err.contains("allow_initialize_command") || err.contains("does not allow"), "{err}");
+
+    // No pulls: an image the engine lacks is named.
+    std::fs::write(&config, r#"{"image": "example.com/nope/missing:1"}"#).unwrap();
+    let err = server.fails(&["create", "missing", "--from-dir", dir.path().to_str().unwrap()]);
+    assert!(err.contains("example.com/nope/missing:1") && err.contains("not in the container engine"), "{err}");
+
+    // More than one workspace may have.
+    std::fs::write(&config, r#"{"hostRequirements": {"cpus": 4096}}"#).unwrap();
+    let err = server.fails(&["create", "big", "--from-dir", dir.path().to_str().unwrap()]);
+    assert!(err.contains("big") && err.contains("hostRequirements"), "{err}");
+}
+
+#[test]
+fn devcontainer_volumes_are_the_workspaces_and_go_with_it() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".devcontainer")).unwrap();
+    std::fs::write(
+        dir.path().join(".devcontainer/devcontainer.json"),
+        r#"{"mounts": ["source=cache,target=/cache,type=volume"], "containerEnv": {"IN": "cove"}}"#,
+    )
+    .unwrap();
+    server.ok(&["create", "vol", "--from-dir", dir.path().to_str().unwrap()]);
+    let ws = server.wait_for("vol", "its agent ready", WAIT, |ws| ws["agent"]["state"] == "ready");
+    assert_eq!(ws["rebuild_needed"], false, "{ws}");
+    assert_eq!(exec(&server, "vol", "echo $IN; test -d /cache && echo mounted"), "cove\nmounted");
+    let volumes = |filter: &str| {
+        let out = Command::new("podman")
+            .args(["volume", "ls", "-q", "--filter", &format!("label=cove.instance={}", server.instance)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.ends_with(filter)).count()
+    };
+    assert_eq!(volumes("-cache"), 1, "the configuration's volume is not the workspace's");
+    server.ok(&["rm", "vol"]);
+    assert_eq!(volumes("-cache"), 0, "the configuration's volume outlived its workspace");
 }
 
 #[test]

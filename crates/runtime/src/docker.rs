@@ -227,6 +227,27 @@ impl DockerBackend {
             .and_then(|c| c.id))
     }
 
+    /// Makes a named volume with `labels`; an existing one is fine.
+    async fn ensure_volume(&self, name: String, labels: HashMap<String, String>) -> Result<()> {
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            driver: Some("local".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let docker = self.api().await?;
+        match docker.create_volume(request).await {
+            Ok(_) => Ok(()),
+            // Both engines return the existing volume for a repeated create; should one
+            // refuse instead, an existing volume is still the wanted end state.
+            Err(e) if status(&e).is_some() => match docker.inspect_volume(&name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(self.error(&format!("create volume {name}"), e)),
+            },
+            Err(e) => Err(self.error(&format!("create volume {name}"), e)),
+        }
+    }
+
     async fn remove_by_id(&self, container: &str) -> Result<()> {
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.api().await?.remove_container(container, Some(options)).await {
@@ -297,29 +318,19 @@ impl Backend for DockerBackend {
         if let Some(bytes) = spec.resources.disk_bytes {
             labels.insert(LABEL_DISK_BYTES.to_string(), bytes.to_string());
         }
-        let request = VolumeCreateRequest {
-            name: Some(name.clone()),
-            driver: Some("local".into()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        let docker = self.api().await?;
-        match docker.create_volume(request).await {
-            Ok(_) => Ok(()),
-            // Both engines return the existing volume for a repeated create; should one
-            // refuse instead, an existing volume is still the wanted end state.
-            Err(e) if status(&e).is_some() => match docker.inspect_volume(&name).await {
-                Ok(_) => Ok(()),
-                Err(_) => Err(self.error(&format!("create volume {name}"), e)),
-            },
-            Err(e) => Err(self.error(&format!("create volume {name}"), e)),
-        }
+        self.ensure_volume(name, labels).await
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
         // The engine would make a missing named volume itself, but without our labels,
         // and observe() would never see it; so it is made here first, labelled.
         self.create_volume(spec).await?;
+        // devcontainer.json's named volumes too: labelled, they go with the workspace.
+        for m in spec.config.mounts.iter().filter(|m| m.kind == cove_core::MountType::Volume) {
+            if let Some(Mount { source: Some(source), .. }) = Some(devcontainer_mount(m, spec)) {
+                self.ensure_volume(source, self.labels(spec)).await?;
+            }
+        }
         let name = Self::container_name(spec);
         let mut labels = self.labels(spec);
         labels.insert(LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone());
@@ -521,7 +532,13 @@ impl Backend for DockerBackend {
         result
     }
 
-    async fn get_archive(&self, spec: &ContainerSpec, path: &str, into: &std::path::Path) -> Result<bool> {
+    async fn get_archive(
+        &self,
+        spec: &ContainerSpec,
+        path: &str,
+        into: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<bool> {
         let own = match self.container_of(spec.workspace).await {
             Ok(listed) => listed.id,
             Err(BackendError::NoContainer) => None,
@@ -531,7 +548,7 @@ impl Backend for DockerBackend {
             Some(id) => (id, false),
             None => (self.push_helper(spec).await?, true),
         };
-        let result = self.download(&container, path, into).await;
+        let result = self.download(&container, path, into, max_bytes).await;
         if helper {
             if let Err(e) = self.remove_by_id(&container).await {
                 tracing::warn!(container = %container, error = %e, "cannot remove the helper container");
@@ -671,7 +688,7 @@ impl DockerBackend {
         }
     }
 
-    async fn download(&self, container: &str, path: &str, into: &std::path::Path) -> Result<bool> {
+    async fn download(&self, container: &str, path: &str, into: &std::path::Path, max_bytes: u64) -> Result<bool> {
         use tokio::io::AsyncWriteExt;
         let mut file = tokio::fs::File::create(into)
             .await
@@ -679,12 +696,21 @@ impl DockerBackend {
         let options = DownloadFromContainerOptionsBuilder::new().path(path).build();
         let docker = self.api().await?;
         let mut stream = docker.download_from_container(container, Some(options));
+        let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(bytes) => file
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| BackendError::Engine(format!("write {}: {e}", into.display())))?,
+                Ok(bytes) if total + bytes.len() as u64 > max_bytes => {
+                    return Err(BackendError::Engine(format!(
+                        "read files from {path}: more than {} MiB; make it smaller",
+                        max_bytes >> 20
+                    )))
+                }
+                Ok(bytes) => {
+                    total += bytes.len() as u64;
+                    file.write_all(&bytes)
+                        .await
+                        .map_err(|e| BackendError::Engine(format!("write {}: {e}", into.display())))?
+                }
                 Err(e) if status(&e) == Some(404) && server_message(&e).contains("ontainer") => {
                     return Err(BackendError::NoContainer)
                 }

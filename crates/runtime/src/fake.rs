@@ -291,7 +291,13 @@ impl Backend for FakeBackend {
     }
 
     /// The fake has no files: every path is missing.
-    async fn get_archive(&self, _spec: &ContainerSpec, _path: &str, _into: &std::path::Path) -> Result<bool> {
+    async fn get_archive(
+        &self,
+        _spec: &ContainerSpec,
+        _path: &str,
+        _into: &std::path::Path,
+        _max: u64,
+    ) -> Result<bool> {
         Ok(false)
     }
 

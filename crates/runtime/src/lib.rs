@@ -163,8 +163,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()>;
     /// Writes a tar archive of `path` in the workspace's files to the file `into`, running
     /// or not (a workspace without a container gets a short-lived helper on its volume).
-    /// `Ok(false)` if the path does not exist.
-    async fn get_archive(&self, spec: &ContainerSpec, path: &str, into: &std::path::Path) -> Result<bool>;
+    /// `Ok(false)` if the path does not exist; an error once the archive passes `max_bytes`.
+    async fn get_archive(
+        &self,
+        spec: &ContainerSpec,
+        path: &str,
+        into: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<bool>;
     /// Whether the engine has the image (no pull is ever tried).
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Builds an image, passing each line of the engine's progress to `progress`.

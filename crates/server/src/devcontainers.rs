@@ -54,6 +54,8 @@ const PROJECT: &str = "/home/cove/project";
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
 /// "Rebuild needed" is looked for at most this often per workspace by reads.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// The most of `~/project` copied to the Cove host to read its configuration and context.
+const MAX_PROJECT_BYTES: u64 = crate::files::MAX_PUSH_BYTES;
 /// Progress lines kept for `cove show`.
 const LOG_LINES: usize = 40;
 
@@ -379,7 +381,7 @@ async fn run(state: &AppState, id: WorkspaceId, mode: Mode) -> Result<(), String
 async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option<Plan>, String> {
     let archive = scratch.join("project.tar");
     let spec = cove_reconciler::container_spec(ws);
-    if !state.backend.get_archive(&spec, PROJECT, &archive).await.map_err(|e| e.to_string())? {
+    if !state.backend.get_archive(&spec, PROJECT, &archive, MAX_PROJECT_BYTES).await.map_err(|e| e.to_string())? {
         return Ok(None);
     }
     let unpacked = scratch.join("files");
