@@ -53,7 +53,7 @@ const PROJECT: &str = "/home/cove/project";
 /// How long an `initializeCommand` may run on the host.
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
 /// "Rebuild needed" is looked for at most this often per workspace by reads.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// The most of `~/project` copied to the Cove host to read its configuration and context.
 const MAX_PROJECT_BYTES: u64 = crate::files::MAX_PUSH_BYTES;
 /// Progress lines kept for `cove show`.
@@ -176,7 +176,9 @@ pub async fn agent_question(State(c): State<ControlState>, Json(q): Json<Devcont
         return answer(DevcontainerAction::Wait, Some("the container is being replaced by the configured one".into()));
     }
     let builds = &c.state.builds;
-    if q.first && builds.claim(ws.id, "checking", "reading devcontainer.json") {
+    // A first question looks again; so does any question this server has no answer for
+    // (it restarted while the agent waited).
+    if (q.first || builds.status(ws.id).is_none()) && builds.claim(ws.id, "checking", "reading devcontainer.json") {
         spawn(c.state.clone(), ws.id, Mode::Start);
         return answer(DevcontainerAction::Wait, Some("reading devcontainer.json".into()));
     }
