@@ -125,15 +125,26 @@ fn repository(root: &Path, base: &str, salt: &str) {
     git(&root.join("repo.git"), &["update-server-info"]);
 }
 
-/// Removes the images this test's server built (they carry its instance label).
-struct Images(String);
+/// The test's server, which also removes the images it built when the test ends: first
+/// the server goes (so nothing makes containers again), then its containers, then images.
+struct Building(TestServer);
 
-impl Drop for Images {
+impl std::ops::Deref for Building {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
+}
+
+impl Drop for Building {
     fn drop(&mut self) {
-        let out = Command::new("podman")
-            .args(["images", "-q", "--filter", &format!("label=cove.instance={}", self.0)])
-            .output()
-            .unwrap();
+        self.0.kill();
+        let filter = format!("label=cove.instance={}", self.0.instance);
+        let out = Command::new("podman").args(["ps", "-aq", "--filter", &filter]).output().unwrap();
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("podman").args(["rm", "-f", "-t", "0", id]).output();
+        }
+        let out = Command::new("podman").args(["images", "-q", "--filter", &filter]).output().unwrap();
         for id in String::from_utf8_lossy(&out.stdout).lines() {
             let _ = Command::new("podman").args(["rmi", "-f", id]).output();
         }
@@ -152,8 +163,7 @@ fn exec(server: &TestServer, name: &str, script: &str) -> String {
 
 #[test]
 fn a_dockerfile_devcontainer_from_a_git_server_is_built_cached_and_rebuilt() {
-    let server = TestServer::start();
-    let _images = Images(server.instance.clone());
+    let server = Building(TestServer::start());
     let base = Engine::base_image(&server.endpoint);
     let dir = tempfile::tempdir().unwrap();
     repository(dir.path(), &base, &server.instance);
