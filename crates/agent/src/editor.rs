@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
+use crate::lifecycle::{EnvOverrides, Lifecycle};
 use crate::user::WorkspaceUser;
 
 /// The socket code-server listens on, in the run directory's user part.
@@ -45,11 +46,24 @@ pub struct EditorConfig {
 }
 
 impl EditorConfig {
-    fn node(&self) -> PathBuf {
+    pub(crate) fn node(&self) -> PathBuf {
         self.dir.join("node/bin/node")
     }
 
-    fn entry(&self) -> PathBuf {
+    /// code-server's user data (settings, state; extensions in its `extensions/`), on the
+    /// persistent volume.
+    pub(crate) fn user_data(&self, user: &WorkspaceUser) -> PathBuf {
+        user.home.join(".local/share/code-server")
+    }
+
+    /// The flags that point code-server at [`Self::user_data`], for the server and for its
+    /// `--install-extension` runs alike.
+    pub(crate) fn data_args(&self, user: &WorkspaceUser) -> Vec<std::ffi::OsString> {
+        let data = self.user_data(user);
+        vec!["--user-data-dir".into(), data.clone().into(), "--extensions-dir".into(), data.join("extensions").into()]
+    }
+
+    pub(crate) fn entry(&self) -> PathBuf {
         self.dir.join("node_modules/code-server/out/node/entry.js")
     }
 
@@ -60,7 +74,6 @@ impl EditorConfig {
 
     /// code-server's command line (after the node binary).
     pub fn args(&self, user: &WorkspaceUser) -> Vec<std::ffi::OsString> {
-        let data = user.home.join(".local/share/code-server");
         let mut args: Vec<std::ffi::OsString> = vec![self.entry().into()];
         for flag in [
             "--auth=none",
@@ -73,10 +86,7 @@ impl EditorConfig {
         }
         args.push("--socket".into());
         args.push(self.socket.clone().into());
-        args.push("--user-data-dir".into());
-        args.push(data.clone().into());
-        args.push("--extensions-dir".into());
-        args.push(data.join("extensions").into());
+        args.extend(self.data_args(user));
         args.push(self.folder.clone().into());
         args
     }
@@ -96,15 +106,33 @@ pub struct EditorStatus {
 /// A running supervisor: its status, and the way to stop it.
 #[derive(Clone)]
 pub struct Editor {
-    pub config: EditorConfig,
+    config: EditorConfig,
     status: Arc<Mutex<EditorStatus>>,
+    /// The configuration's environment the running code-server got.
+    env: Arc<Mutex<EnvOverrides>>,
     stop: watch::Sender<bool>,
+    restart: Arc<watch::Sender<u64>>,
     done: watch::Receiver<bool>,
 }
 
 impl Editor {
     pub fn status(&self) -> EditorStatus {
         lock(&self.status).clone()
+    }
+
+    pub fn config(&self) -> &EditorConfig {
+        &self.config
+    }
+
+    /// Whether code-server runs with another environment than `env`.
+    pub fn env_differs(&self, env: &EnvOverrides) -> bool {
+        *lock(&self.env) != *env
+    }
+
+    /// Restarts code-server at once (no backoff), for it to load new extensions and the
+    /// configuration's environment.
+    pub fn restart(&self) {
+        self.restart.send_modify(|generation| *generation += 1);
     }
 
     /// Stops code-server (SIGTERM, then SIGKILL after a grace) and waits for the supervisor.
@@ -115,138 +143,50 @@ impl Editor {
     }
 }
 
-/// devcontainer.json's `customizations.vscode` for the injected editor. `settings` go into
-/// the user's settings file (a key the user already set keeps the user's value);
-/// `extensions` are installed from `.vsix` files in the project's `.devcontainer/` folder
-/// (`<publisher>.<name>*.vsix`, as the marketplace names them), since no marketplace or
-/// Open VSX is reachable from Cove. Returns one line per thing done or not done.
-pub async fn customize(
-    config: &EditorConfig,
-    user: &WorkspaceUser,
-    vscode: &cove_devcontainer::model::VsCode,
-    project: &Path,
-) -> Vec<String> {
-    let mut out = vec![];
-    let data = user.home.join(".local/share/code-server");
-    if !vscode.settings.is_empty() {
-        let file = data.join("User/settings.json");
-        out.push(match merge_settings(user, &file, &vscode.settings) {
-            Ok(n) => format!("editor: {n} devcontainer.json settings added to {}", file.display()),
-            Err(e) => format!("editor: cannot add the devcontainer.json settings to {}: {e}", file.display()),
-        });
-    }
-    for id in &vscode.extensions {
-        let Some(vsix) = find_vsix(&project.join(".devcontainer"), id) else {
-            out.push(format!(
-                "editor: extension {id} not installed: no marketplace or Open VSX is reachable from Cove; put {id}.vsix in .devcontainer/ to have it installed"
-            ));
-            continue;
-        };
-        let mut command = user.command(config.node());
-        command
-            .arg(config.entry())
-            .arg("--user-data-dir")
-            .arg(&data)
-            .arg("--extensions-dir")
-            .arg(data.join("extensions"))
-            .arg("--install-extension")
-            .arg(&vsix)
-            .stdin(Stdio::null());
-        out.push(match command.output().await {
-            Ok(o) if o.status.success() => format!("editor: extension {id} installed from {}", vsix.display()),
-            Ok(o) => format!(
-                "editor: extension {id} from {} failed to install ({}): {}",
-                vsix.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => format!("editor: cannot run code-server to install {id}: {e}"),
-        });
-    }
-    out
-}
-
-/// `<id>.vsix` or `<id>-<version>.vsix`, ids compared without case, as VS Code does.
-fn find_vsix(dir: &Path, id: &str) -> Option<PathBuf> {
-    let id = id.to_ascii_lowercase();
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_ascii_lowercase) else { return false };
-            let Some(stem) = name.strip_suffix(".vsix") else { return false };
-            stem == id || stem.strip_prefix(&id).is_some_and(|rest| rest.starts_with('-') || rest.starts_with('@'))
-        })
-        .collect();
-    found.sort();
-    found.pop()
-}
-
-/// Adds the keys the file lacks; returns how many. A file that is not a JSON(C) object is
-/// left alone (an error): it is the user's.
-fn merge_settings(
-    user: &WorkspaceUser,
-    file: &Path,
-    settings: &serde_json::Map<String, serde_json::Value>,
-) -> anyhow::Result<usize> {
-    use anyhow::Context as _;
-    let mut current = match std::fs::read_to_string(file) {
-        Ok(text) if !text.trim().is_empty() => match cove_devcontainer::jsonc::parse(&text) {
-            Ok(serde_json::Value::Object(m)) => m,
-            Ok(_) => anyhow::bail!("it is not a JSON object"),
-            Err(e) => anyhow::bail!("it does not parse: {e}"),
-        },
-        _ => serde_json::Map::new(),
-    };
-    let mut added = 0;
-    for (k, v) in settings {
-        if !current.contains_key(k) {
-            current.insert(k.clone(), v.clone());
-            added += 1;
-        }
-    }
-    if added > 0 {
-        if let Some(dir) = file.parent() {
-            crate::ensure_user_dir(user, dir)?;
-        }
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(current))?;
-        std::fs::write(file, text).with_context(|| format!("write {}", file.display()))?;
-        if user.switch {
-            nix::unistd::chown(file, Some(user.uid.into()), Some(user.gid.into()))
-                .with_context(|| format!("give {} to {}", file.display(), user.name))?;
-        }
-    }
-    Ok(added)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A plain status record: a panic elsewhere cannot leave it inconsistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts supervising code-server, if one is mounted.
-pub fn start(config: EditorConfig, user: Arc<WorkspaceUser>) -> Option<Editor> {
+/// Starts supervising code-server, if one is mounted. Each run of it gets the
+/// configuration's environment as `lifecycle` has it then (empty until devcontainer.json is
+/// read: [`Editor::restart`] after that).
+pub fn start(config: EditorConfig, user: Arc<WorkspaceUser>, lifecycle: Lifecycle) -> Option<Editor> {
     if !config.present() {
         return None;
     }
     let status = Arc::new(Mutex::new(EditorStatus { state: "starting".into(), ..Default::default() }));
     let (stop, stopped) = watch::channel(false);
+    let (restart, restarts) = watch::channel(0);
     let (done_tx, done) = watch::channel(false);
-    let editor = Editor { config: config.clone(), status: status.clone(), stop, done };
+    let env = Arc::new(Mutex::new(EnvOverrides::new()));
+    let editor = Editor {
+        config: config.clone(),
+        status: status.clone(),
+        env: env.clone(),
+        stop,
+        restart: Arc::new(restart),
+        done,
+    };
     tokio::spawn(async move {
-        supervise(config, user, status, stopped).await;
+        let run = Run { config, user, lifecycle, status, env };
+        supervise(run, stopped, restarts).await;
         let _ = done_tx.send(true);
     });
     Some(editor)
 }
 
-async fn supervise(
+/// What the supervisor runs code-server with, and where it says how it goes.
+struct Run {
     config: EditorConfig,
     user: Arc<WorkspaceUser>,
+    lifecycle: Lifecycle,
     status: Arc<Mutex<EditorStatus>>,
-    mut stopped: watch::Receiver<bool>,
-) {
+    env: Arc<Mutex<EnvOverrides>>,
+}
+
+async fn supervise(run: Run, mut stopped: watch::Receiver<bool>, mut restarts: watch::Receiver<u64>) {
+    let Run { config, user, lifecycle, status, env } = run;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let stop_asked = *stopped.borrow();
@@ -255,6 +195,10 @@ async fn supervise(
         }
         remove_stale_socket(&config.socket);
         let mut command = user.command(config.node());
+        let configured = lifecycle.env();
+        crate::lifecycle::apply(&mut command, &configured);
+        *lock(&env) = configured;
+        restarts.mark_unchanged();
         command
             .args(config.args(&user))
             .current_dir(&config.folder)
@@ -285,6 +229,11 @@ async fn supervise(
                     _ = stop_wanted(&mut stopped) => {
                         terminate(&mut child).await;
                         break;
+                    }
+                    Ok(()) = restarts.changed() => {
+                        println!("cove agent: editor: restarting code-server for the workspace's configuration");
+                        terminate(&mut child).await;
+                        continue;
                     }
                 }
             }
@@ -352,36 +301,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_are_added_where_the_user_set_nothing_and_vsix_files_are_found_by_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let user = WorkspaceUser {
-            name: "me".into(),
-            uid: 0,
-            gid: 0,
-            home: dir.path().into(),
-            shell: "/bin/sh".into(),
-            switch: false,
-        };
-        let file = dir.path().join("User/settings.json");
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, "{\n  // mine\n  \"editor.tabSize\": 8,\n}").unwrap();
-        let wanted = serde_json::json!({"editor.tabSize": 2, "files.eol": "\n"});
-        assert_eq!(merge_settings(&user, &file, wanted.as_object().unwrap()).unwrap(), 1);
-        let now: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        assert_eq!(now, serde_json::json!({"editor.tabSize": 8, "files.eol": "\n"}));
-        assert_eq!(merge_settings(&user, &file, wanted.as_object().unwrap()).unwrap(), 0);
-
-        let dc = dir.path().join(".devcontainer");
-        std::fs::create_dir_all(&dc).unwrap();
-        for f in ["ms-python.python-2024.1.0.vsix", "ms-python.pythonista.vsix", "Foo.Bar.vsix", "notes.txt"] {
-            std::fs::write(dc.join(f), "").unwrap();
-        }
-        assert_eq!(find_vsix(&dc, "ms-python.python"), Some(dc.join("ms-python.python-2024.1.0.vsix")));
-        assert_eq!(find_vsix(&dc, "foo.bar"), Some(dc.join("Foo.Bar.vsix")));
-        assert_eq!(find_vsix(&dc, "rust-lang.rust-analyzer"), None);
-    }
-
-    #[test]
     fn command_line() {
         let user = WorkspaceUser {
             name: "cove".into(),
@@ -390,6 +309,7 @@ mod tests {
             home: "/home/cove".into(),
             shell: "/bin/bash".into(),
             switch: true,
+            secrets: crate::user::SecretEnv::default(),
         };
         let config = EditorConfig {
             dir: "/.cove/editor".into(),
@@ -427,10 +347,11 @@ mod tests {
             home: dir.path().into(),
             shell: "/bin/sh".into(),
             switch: false,
+            secrets: crate::user::SecretEnv::default(),
         };
         let config =
             EditorConfig { dir: dir.path().into(), socket: dir.path().join("code.sock"), folder: dir.path().into() };
-        let editor = start(config, Arc::new(user)).unwrap();
+        let editor = start(config, Arc::new(user), Lifecycle::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = editor.status();

@@ -22,11 +22,13 @@ pub mod activity;
 pub mod clone;
 pub mod control;
 pub mod credential;
+pub mod customize;
 pub mod editor;
 pub mod endpoint;
 pub mod lifecycle;
 pub mod ports;
 pub mod pty;
+pub mod secrets;
 pub mod ssh;
 pub mod terminal;
 pub mod tunnel;
@@ -85,6 +87,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (user::WorkspaceUser::fallback(), user::Prepared::default())
         }
     };
+    // Before anything runs as the user: every process the agent starts gets them.
+    let user = match secrets::fetch(&control).await {
+        Ok(set) => match secrets::deliver(&config.root, &user, &set) {
+            Ok(env) => {
+                println!("cove agent: {} secret(s) delivered", set.len());
+                user::WorkspaceUser { secrets: user::SecretEnv(Arc::new(env)), ..user }
+            }
+            Err(e) => {
+                let message = format!("step 'deliver secrets' failed: {e}");
+                println!("cove agent: {message}");
+                reporter.report(AgentState::Failed, Some(message));
+                user
+            }
+        },
+        Err(e) => {
+            let message = format!("step 'fetch secrets' failed: {e}");
+            println!("cove agent: {message}");
+            reporter.report(AgentState::Failed, Some(message));
+            user
+        }
+    };
     if prepared.added_user {
         println!("cove agent: the image has no user with uid {}; added {:?}", user.uid, user.name);
     }
@@ -108,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         socket: config.run_dir.join(contract::USER_RUN_SUBDIR).join(editor::SOCKET_NAME),
         folder: user.home.join("project"),
     };
-    agent.editor = editor::start(editor, agent.user.clone());
+    agent.editor = editor::start(editor, agent.user.clone(), agent.lifecycle.clone());
     if agent.editor.is_none() {
         println!("cove agent: no editor in {} (cove editor install adds one)", config.editor_dir.display());
     }
@@ -138,9 +161,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         let ready = {
-            let (user, reporter) = (user.clone(), reporter.clone());
+            let (user, reporter, lifecycle) = (user.clone(), reporter.clone(), agent.lifecycle.clone());
             move || {
-                start_on_start_hook(&user);
+                start_on_start_hook(&user, &lifecycle);
                 if reporter.current() != AgentState::Failed {
                     println!("cove agent: ready");
                     reporter.report(AgentState::Ready, None);
@@ -185,6 +208,11 @@ async fn workspace_info(control: &control::Control) -> Option<contract::Workspac
     }
     println!("cove agent: the control plane did not say what this workspace is; starting without its repository");
     None
+}
+
+/// `cove agent with-secrets -- CMD...`: CMD with the workspace's environment secrets.
+pub fn with_secrets(cmd: &[String], keep: &[String]) -> anyhow::Result<std::convert::Infallible> {
+    secrets::with_secrets(cmd, keep)
 }
 
 /// `cove agent git-credential get|store|erase`: git's credential helper, run as the user.
@@ -292,7 +320,7 @@ impl StateReporter {
 
 /// `~/.cove/on-start`, if executable, runs in the background on every start (output in
 /// `~/.cove/on-start.log`): how a server the user runs comes back after a wake.
-fn start_on_start_hook(user: &user::WorkspaceUser) {
+fn start_on_start_hook(user: &user::WorkspaceUser, lifecycle: &lifecycle::Lifecycle) {
     let hook = user.home.join(".cove/on-start");
     let executable =
         std::fs::metadata(&hook).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
@@ -301,6 +329,7 @@ fn start_on_start_hook(user: &user::WorkspaceUser) {
     }
     let log = user.home.join(".cove/on-start.log");
     let mut command = user.command(&hook);
+    lifecycle.apply_env(&mut command);
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log);
     match out.and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((stdout, stderr)) => {

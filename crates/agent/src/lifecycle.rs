@@ -22,7 +22,7 @@
 //! one the configuration wants (it may build an image and replace the container first).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cove_core::agent::AgentState;
@@ -130,7 +130,7 @@ impl Lifecycle {
     }
 }
 
-fn apply(command: &mut tokio::process::Command, env: &EnvOverrides) {
+pub(crate) fn apply(command: &mut tokio::process::Command, env: &EnvOverrides) {
     for (key, value) in env {
         match value {
             Some(value) => command.env(key, value),
@@ -298,15 +298,8 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
             shared.env = env.clone();
             shared.reporter = Some(reporter.clone());
         }
-        if let Some(editor) = &agent.editor {
-            let vscode = &config.vscode;
-            if !vscode.settings.is_empty() || !vscode.extensions.is_empty() {
-                for line in crate::editor::customize(&editor.config, &user, vscode, &user.home.join("project")).await {
-                    println!("cove agent: {line}");
-                }
-            }
-        } else if !config.vscode.extensions.is_empty() {
-            println!("cove agent: editor: no editor in this workspace (cove editor install adds one); extensions not installed");
+        if let Some(editor) = agent.editor.clone() {
+            tokio::spawn(customize_editor(user.clone(), editor, config.vscode.clone(), env.clone()));
         }
         let runner = Runner { user: &user, dir: user.home.join("project"), env: &env };
         let ready_at = ready_after(config.wait_for);
@@ -397,6 +390,25 @@ pub async fn configured(user: &WorkspaceUser, control: &crate::control::Control,
     }
 }
 
+/// `customizations.vscode` into the editor, which restarts when it has new extensions or
+/// runs without the configuration's environment.
+async fn customize_editor(
+    user: Arc<WorkspaceUser>,
+    editor: crate::editor::Editor,
+    vscode: cove_devcontainer::model::VsCode,
+    env: EnvOverrides,
+) {
+    let project = user.home.join("project");
+    let config_dir = cove_devcontainer::find(&project, None)
+        .ok()
+        .and_then(|file| file.parent().map(Path::to_path_buf))
+        .unwrap_or(project);
+    let applied = crate::customize::apply(&user, editor.config(), &vscode, &config_dir, &env).await;
+    if !applied.installed.is_empty() || editor.env_differs(&env) {
+        editor.restart();
+    }
+}
+
 /// `postAttachCommand`, in the background, for one terminal attach or SSH session; nothing
 /// until the start's hooks succeeded.
 pub fn on_attach(agent: &Agent) {
@@ -435,6 +447,7 @@ mod tests {
             home: home.to_path_buf(),
             shell: "/bin/sh".into(),
             switch: false,
+            secrets: crate::user::SecretEnv::default(),
         }
     }
 

@@ -16,7 +16,7 @@ use nix::unistd::{Gid, Uid};
 pub const DEFAULT_UID: u32 = 1000;
 pub const DEFAULT_NAME: &str = "cove";
 pub const DEFAULT_HOME: &str = "/home/cove";
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkspaceUser {
@@ -27,6 +27,18 @@ pub struct WorkspaceUser {
     pub shell: String,
     /// Whether the agent can (and must) switch to `uid` for the user's processes.
     pub switch: bool,
+    /// The workspace's environment secrets, in every process the agent starts for the user.
+    pub secrets: SecretEnv,
+}
+
+/// Environment secrets: compared and cloned like a map, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub std::sync::Arc<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// What preparing the user did, for the startup log.
@@ -55,6 +67,7 @@ impl WorkspaceUser {
                 home: std::env::var_os("HOME").map_or_else(|| PathBuf::from(DEFAULT_HOME), PathBuf::from),
                 shell: "/bin/sh".into(),
                 switch: false,
+                secrets: SecretEnv::default(),
             });
             return Ok((WorkspaceUser { switch: false, ..user }, prepared));
         }
@@ -75,6 +88,7 @@ impl WorkspaceUser {
                     home: DEFAULT_HOME.into(),
                     shell: shell.into(),
                     switch: true,
+                    secrets: SecretEnv::default(),
                 }
             }
         };
@@ -106,6 +120,7 @@ impl WorkspaceUser {
             home: DEFAULT_HOME.into(),
             shell: "/bin/sh".into(),
             switch: Uid::effective().is_root(),
+            secrets: SecretEnv::default(),
         }
     }
 
@@ -116,6 +131,7 @@ impl WorkspaceUser {
             std::env::vars().filter(|(k, _)| !k.starts_with("COVE_AGENT_")).collect();
         env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
         env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
+        env.extend(self.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.insert("HOME".into(), self.home.display().to_string());
         env.insert("USER".into(), self.name.clone());
         env.insert("LOGNAME".into(), self.name.clone());
@@ -168,6 +184,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkspaceUser> {
         home: PathBuf::from(fields[5]),
         shell: if fields[6].is_empty() { "/bin/sh".into() } else { fields[6].to_string() },
         switch: true,
+        secrets: SecretEnv::default(),
     })
 }
 

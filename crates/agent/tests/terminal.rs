@@ -36,6 +36,7 @@ fn user(home: PathBuf) -> WorkspaceUser {
         home,
         shell: shell.into(),
         switch: false,
+        secrets: cove_agent::user::SecretEnv::default(),
     }
 }
 

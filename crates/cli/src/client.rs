@@ -28,7 +28,9 @@ impl std::error::Error for ApiError {}
 
 impl Client {
     pub fn new(url: String, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().build().context("cannot set up the HTTP client")?;
+        // The user agent is what `cove sessions ls` shows for a CLI login.
+        let agent = format!("cove-cli/{} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::OS);
+        let http = reqwest::Client::builder().user_agent(agent).build().context("cannot set up the HTTP client")?;
         Ok(Self { url, token, http })
     }
 

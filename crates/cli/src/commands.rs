@@ -257,7 +257,12 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
     }
     let now = Utc::now();
     let mut header = vec!["NAME", "STATE", "IMAGE", "CPU/MEM", "AGE"];
-    if args.all {
+    // Workspaces shared with the caller show whose they are (`cove show OWNER/NAME`).
+    let with_owner = args.all || {
+        let me: Value = client.get("/api/v1/me").await?;
+        list.iter().any(|w| Some(w.owner.as_str()) != me["name"].as_str())
+    };
+    if with_owner {
         header.insert(1, "OWNER");
     }
     let rows: Vec<Vec<String>> = list
@@ -274,7 +279,7 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
                 format!("{}/{}", w.cpus, format_size(w.memory_bytes)),
                 age(w.created_at, now),
             ];
-            if args.all {
+            if with_owner {
                 row.insert(1, w.owner.clone());
             }
             row
@@ -689,6 +694,8 @@ pub async fn tokens(client: &Client, command: TokensCommand) -> anyhow::Result<E
 pub enum AdminCommand {
     /// Show the quotas, or change the ones given (`none` removes a limit).
     Quotas(QuotasArgs),
+    /// Re-encrypt every stored secret under a new instance key (replaces <data-dir>/secret.key).
+    RotateKey,
     /// The audit log of state-changing requests, oldest first.
     Audit {
         /// Only entries at or after this time (RFC 3339, such as 2026-12-01T00:00:00Z).
@@ -748,6 +755,14 @@ impl std::str::FromStr for Limit {
 pub async fn admin(client: &Client, command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
         AdminCommand::Quotas(args) => quotas(client, args).await,
+        AdminCommand::RotateKey => {
+            let answer: Value = client.json(Method::POST, "/api/v1/admin/rotate-key", None::<&()>).await?;
+            eprintln!(
+                "re-encrypted {} value(s) under a new instance key; back up the new secret.key",
+                answer["reencrypted"].as_u64().unwrap_or(0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         AdminCommand::Audit { since, limit, json } => audit(client, since, limit, json).await,
     }
 }
@@ -943,9 +958,21 @@ pub struct ShareArgs {
     app: Option<String>,
     /// owner (the default), authenticated (anyone logged in) or public (anyone).
     level: Option<String>,
+    /// Share the workspace with this user: they can open its apps and terminal (repeatable).
+    #[arg(long, value_name = "USER", conflicts_with_all = ["app", "level"])]
+    with: Vec<String>,
+    /// Stop sharing the workspace with this user (repeatable).
+    #[arg(long, value_name = "USER", conflicts_with_all = ["app", "level"])]
+    remove: Vec<String>,
+    /// List the users the workspace is shared with.
+    #[arg(long, conflicts_with_all = ["app", "level"])]
+    users: bool,
 }
 
 pub async fn share(client: &Client, args: ShareArgs) -> anyhow::Result<ExitCode> {
+    if args.users || !args.with.is_empty() || !args.remove.is_empty() {
+        return crate::secrets::share_with(client, &args.name, &args.with, &args.remove).await;
+    }
     let base = format!("/api/v1/workspaces/{}/apps", percent_encode(&args.name));
     match (args.app, args.level) {
         (Some(app), Some(level)) => {

@@ -9,6 +9,7 @@ mod devcontainer;
 mod git_token;
 mod output;
 mod push;
+mod secrets;
 mod ssh;
 mod wait;
 
@@ -34,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API, reconciler and store.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run only the workspace proxy, next to a server on the same data directory.
     Proxy(ProxyArgs),
     /// Log in to a Cove server and save its URL and a new token.
@@ -99,7 +100,8 @@ enum Remote {
     Push(push::PushArgs),
     /// Print (and open) the address of an app in a workspace: `cove open api 8080`.
     Open(commands::OpenArgs),
-    /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`.
+    /// Set who may open an app: `cove share api 8080 public`; list with `cove share api`;
+    /// share the workspace with users: `cove share api --with bob` (`--remove bob`).
     Share(commands::ShareArgs),
     /// Git tokens workspaces' git uses (`cove git-token set github.com`).
     #[command(subcommand)]
@@ -107,6 +109,12 @@ enum Remote {
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
+    /// Secrets workspaces get as environment variables and files (`cove secrets set API_KEY`).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// Your login sessions: list and revoke.
+    #[command(subcommand)]
+    Sessions(secrets::SessionsCommand),
     /// Manage users (admins only).
     #[command(subcommand)]
     Users(commands::UsersCommand),
@@ -121,6 +129,14 @@ enum Remote {
 enum AgentCommand {
     /// git's credential helper (wired into the workspace's /etc/gitconfig): get|store|erase.
     GitCredential { operation: String },
+    /// Run a command with the workspace's environment secrets (`cove exec` uses it).
+    WithSecrets {
+        /// Leave this variable as it is (the exec set it itself); repeatable.
+        #[arg(long)]
+        keep: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +193,93 @@ struct ServerArgs {
     /// Capabilities devcontainer.json `capAdd` may name (repeatable), e.g. SYS_PTRACE.
     #[arg(long = "allow-cap-add", value_name = "CAP")]
     allow_cap_add: Vec<String>,
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// Login through an OpenID Connect provider (docs/architecture.md, "OpenID Connect").
+#[derive(clap::Args)]
+struct OidcArgs {
+    /// The provider's issuer URL, e.g. https://keycloak.example.com/realms/team; enables
+    /// "Sign in with" on the login page.
+    #[arg(long, env = "COVE_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The client id registered at the provider.
+    #[arg(long, env = "COVE_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (or set COVE_OIDC_CLIENT_SECRET; never a flag, so
+    /// that it stays out of `ps`).
+    #[arg(long, env = "COVE_OIDC_CLIENT_SECRET_FILE", requires = "oidc_issuer")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The provider's name on the login page's button (default: the issuer's host).
+    #[arg(long, env = "COVE_OIDC_NAME", requires = "oidc_issuer")]
+    oidc_name: Option<String>,
+    /// Only addresses at these domains (comma-separated) may log in; the provider must
+    /// say the address is verified.
+    #[arg(long, env = "COVE_OIDC_ALLOWED_DOMAINS", value_delimiter = ',', requires = "oidc_issuer")]
+    oidc_allowed_domains: Vec<String>,
+    /// Only members of one of these groups (comma-separated) may log in.
+    #[arg(long, env = "COVE_OIDC_ALLOWED_GROUPS", value_delimiter = ',', requires = "oidc_issuer")]
+    oidc_allowed_groups: Vec<String>,
+    /// Members of this group are admins, others members; set at every login.
+    #[arg(long, env = "COVE_OIDC_ADMIN_GROUP", requires = "oidc_issuer")]
+    oidc_admin_group: Option<String>,
+    /// The claim listing the user's groups.
+    #[arg(long, env = "COVE_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Scopes to ask for besides openid (comma-separated).
+    #[arg(long, env = "COVE_OIDC_SCOPES", value_delimiter = ',', default_value = "email,profile")]
+    oidc_scopes: Vec<String>,
+}
+
+impl OidcArgs {
+    fn config(self) -> anyhow::Result<Option<cove_server::oidc::OidcConfig>> {
+        use anyhow::Context as _;
+        let Some(issuer) = self.oidc_issuer else {
+            return Ok(None);
+        };
+        let client_id = self
+            .oidc_client_id
+            .context("--oidc-issuer needs --oidc-client-id, the client registered at the provider")?;
+        let secret = match (&self.oidc_client_secret_file, std::env::var("COVE_OIDC_CLIENT_SECRET")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the OIDC client secret file {}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, Ok(secret)) => secret.trim().to_string(),
+            (None, Err(_)) => anyhow::bail!(
+                "--oidc-issuer needs the client secret: give --oidc-client-secret-file or set COVE_OIDC_CLIENT_SECRET"
+            ),
+        };
+        if secret.is_empty() {
+            anyhow::bail!(
+                "the OIDC client secret is empty; put the secret the provider gave into the file or variable"
+            );
+        }
+        let display_name = match self.oidc_name {
+            Some(name) => name,
+            None => issuer.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or(&issuer).to_string(),
+        };
+        let clean = |list: Vec<String>| -> Vec<String> {
+            list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        };
+        let policy = cove_server::oidc::Policy {
+            allowed_domains: clean(self.oidc_allowed_domains).into_iter().map(|d| d.to_ascii_lowercase()).collect(),
+            allowed_groups: clean(self.oidc_allowed_groups),
+            admin_group: self.oidc_admin_group.filter(|g| !g.trim().is_empty()),
+            groups_claim: self.oidc_groups_claim,
+        };
+        let mut scopes = clean(self.oidc_scopes);
+        scopes.retain(|s| s != "openid");
+        Ok(Some(cove_server::oidc::OidcConfig {
+            issuer,
+            client_id,
+            client_secret: cove_server::oidc::Secret::new(secret),
+            display_name,
+            scopes,
+            policy,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -250,12 +353,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (url, token) = (cli.url, cli.token);
     match cli.command {
-        Command::Server(args) => server(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Server(args) => server(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
         Command::Editor(EditorCommand::Install(args)) => editor_install(args).map(|()| ExitCode::SUCCESS),
         Command::Agent { command: None } => agent().await.map(|()| ExitCode::SUCCESS),
+        Command::Agent { command: Some(AgentCommand::WithSecrets { keep, cmd }) } => {
+            let cmd = if cmd.first().is_some_and(|a| a == "--") { &cmd[1..] } else { &cmd[..] };
+            cove_agent::with_secrets(cmd, &keep).map(|_| ExitCode::SUCCESS)
+        }
         Command::Agent { command: Some(AgentCommand::GitCredential { operation }) } => {
             cove_agent::git_credential(&operation).await.map(|()| ExitCode::SUCCESS)
         }
@@ -293,6 +400,8 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Open(a) => commands::open(client, a).await,
         Remote::Share(a) => commands::share(client, a).await,
         Remote::Tokens(c) => commands::tokens(client, c).await,
+        Remote::Secrets(c) => secrets::run(client, c).await,
+        Remote::Sessions(c) => secrets::sessions(client, c).await,
         Remote::GitToken(c) => git_token::run(client, c).await,
         Remote::Users(c) => commands::users(client, c).await,
         Remote::Admin(c) => commands::admin(client, c).await,
@@ -364,6 +473,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         allow_initialize_command: args.allow_initialize_command,
         max: None,
     };
+    config.oidc = args.oidc.config()?;
     let server = cove_server::start(config).await?;
     for note in &server.notes {
         eprintln!("{note}");

@@ -299,39 +299,3 @@ fn devcontainer_volumes_are_the_workspaces_and_go_with_it() {
     server.ok(&["rm", "vol"]);
     assert_eq!(volumes("-cache"), 0, "the configuration's volume outlived its workspace");
 }
-
-#[test]
-fn vscode_settings_reach_the_editor_and_missing_extensions_are_named() {
-    let server = TestServer::start();
-    let cache = std::env::var_os("COVE_EDITOR_CACHE")
-        .map_or_else(|| std::path::PathBuf::from("/var/cache/cove-test/editor"), std::path::PathBuf::from);
-    let out = Command::new(support::COVE)
-        .args(["editor", "install", "--data-dir"])
-        .arg(&server.data_dir)
-        .arg("--cache")
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cove editor install failed: {}", String::from_utf8_lossy(&out.stderr));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".devcontainer")).unwrap();
-    std::fs::write(
-        dir.path().join(".devcontainer/devcontainer.json"),
-        r#"{"customizations": {"vscode": {"settings": {"editor.tabSize": 2}, "extensions": ["rust-lang.rust-analyzer"]}}}"#,
-    )
-    .unwrap();
-    server.ok(&["create", "ed", "--from-dir", dir.path().to_str().unwrap()]);
-    let settings = poll("the editor's settings", WAIT, || {
-        let out = server.cove(&["exec", "ed", "--", "cat", "/home/cove/.local/share/code-server/User/settings.json"]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
-    });
-    let settings: serde_json::Value = serde_json::from_str(&settings).unwrap();
-    assert_eq!(settings["editor.tabSize"], 2, "{settings}");
-    let owner = exec(&server, "ed", "stat -c %u /home/cove/.local/share/code-server/User/settings.json");
-    assert_eq!(owner, "1000");
-    let logs = poll("the extension's line in the logs", WAIT, || {
-        let logs = server.ok(&["logs", "ed"]);
-        logs.contains("rust-lang.rust-analyzer").then_some(logs)
-    });
-    assert!(logs.contains("no marketplace or Open VSX is reachable"), "{logs}");
-}

@@ -184,3 +184,101 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
     let logs = server.ok(&["logs", "ed"]);
     assert!(logs.contains("cove agent: editor: code-server ended"), "{logs}");
 }
+
+/// A minimal VS Code extension package: `extension/package.json` and the manifest files a
+/// `.vsix` carries, zipped (by Python's zipfile, on every machine the tests run on).
+fn write_vsix(path: &Path, publisher: &str, name: &str, version: &str) {
+    let package = serde_json::json!({
+        "name": name, "publisher": publisher, "version": version,
+        "engines": { "vscode": "^1.60.0" }, "displayName": "Cove test extension",
+    });
+    let manifest = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><PackageManifest Version="2.0.0" xmlns="http://schemas.microsoft.com/developer/vsx-schema/2011"><Metadata><Identity Language="en-US" Id="{name}" Version="{version}" Publisher="{publisher}"/><DisplayName>Cove test extension</DisplayName></Metadata><Installation><InstallationTarget Id="Microsoft.VisualStudio.Code"/></Installation><Dependencies/><Assets><Asset Type="Microsoft.VisualStudio.Code.Manifest" Path="extension/package.json" Addressable="true"/></Assets></PackageManifest>"#
+    );
+    let types = r#"<?xml version="1.0" encoding="utf-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension=".json" ContentType="application/json"/><Default Extension=".vsixmanifest" ContentType="text/xml"/></Types>"#;
+    let script = "import sys, zipfile\n\
+                  z = zipfile.ZipFile(sys.argv[1], 'w')\n\
+                  z.writestr('extension/package.json', sys.argv[2])\n\
+                  z.writestr('extension.vsixmanifest', sys.argv[3])\n\
+                  z.writestr('[Content_Types].xml', sys.argv[4])\n\
+                  z.close()\n";
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .args([package.to_string(), manifest, types.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "could not write {}", path.display());
+}
+
+#[test]
+fn devcontainer_customizations_reach_the_editor() {
+    let server = TestServer::start();
+    let out = Command::new(COVE)
+        .args(["editor", "install", "--data-dir"])
+        .arg(&server.data_dir)
+        .arg("--cache")
+        .arg(cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cove editor install failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let checkout = tempfile::tempdir().unwrap();
+    let config_dir = checkout.path().join(".devcontainer");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = serde_json::json!({
+        "containerEnv": { "COVE_EDITOR_PROBE": "from-devcontainer" },
+        "customizations": { "vscode": {
+            "settings": { "editor.fontSize": 19 },
+            "extensions": ["cove-test.hello", "cove-test.absent"],
+        } },
+    });
+    std::fs::write(config_dir.join("devcontainer.json"), config.to_string()).unwrap();
+    write_vsix(&config_dir.join("cove-test.hello-0.0.1.vsix"), "cove-test", "hello", "0.0.1");
+
+    let image = Engine::base_image(&server.endpoint);
+    let from = checkout.path().to_str().unwrap();
+    server.ok(&["create", "custom", "--from-dir", from, "--image", &image, "--memory", "2g", "--cpus", "2"]);
+
+    // The .vsix next to devcontainer.json is installed into the user's extensions.
+    let data = "/home/cove/.local/share/code-server";
+    let listed = poll("the extension from the .vsix installed", WAIT, || {
+        let out = server.cove(&["exec", "custom", "--", "ls", &format!("{data}/extensions")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("cove-test.hello-0.0.1").then_some(text)
+    });
+    assert!(listed.contains("cove-test.hello-0.0.1"), "{listed}");
+    let owner = server.ok(&["exec", "custom", "--", "stat", "-c", "%u", &format!("{data}/extensions")]);
+    assert_eq!(owner.trim(), "1000", "extensions must belong to the workspace user");
+
+    // The settings are the editor's machine settings.
+    let settings = server.ok(&["exec", "custom", "--", "cat", &format!("{data}/Machine/settings.json")]);
+    let settings: Value = serde_json::from_str(&settings).unwrap();
+    assert_eq!(settings["editor.fontSize"], 19, "{settings}");
+
+    // An id with no .vsix and no reachable gallery: said clearly, by name, in the logs.
+    let logs = poll("the message for the extension that has no .vsix", WAIT, || {
+        let logs = server.ok(&["logs", "custom"]);
+        logs.contains("extension cove-test.absent not installed").then_some(logs)
+    });
+    assert!(logs.contains(".vsix next to devcontainer.json"), "{logs}");
+
+    // code-server runs (restarted for the new extension) with the configuration's environment.
+    let run_dir = server.run_dir("custom");
+    let environ = poll("code-server running with containerEnv", WAIT, || {
+        let health = agent_health(&run_dir)?;
+        let pid = health["editor"]["pid"].as_u64()?;
+        let out = server.cove(&["exec", "custom", "--", "cat", &format!("/proc/{pid}/environ")]);
+        let environ = String::from_utf8_lossy(&out.stdout).into_owned();
+        environ.contains("COVE_EDITOR_PROBE=").then_some(environ)
+    });
+    assert!(environ.split('\0').any(|v| v == "COVE_EDITOR_PROBE=from-devcontainer"), "{environ:?}");
+    poll("VS Code's page after the restart", WAIT, || workbench(&run_dir.join("user/code.sock")));
+
+    // Once installed, not again on the next start.
+    server.ok(&["stop", "custom"]);
+    server.ok(&["start", "custom"]);
+    poll("the editor back after the restart", WAIT, || workbench(&run_dir.join("user/code.sock")));
+    let logs = server.ok(&["logs", "custom"]);
+    assert_eq!(logs.matches("extension cove-test.hello installed").count(), 1, "installed twice:\n{logs}");
+}

@@ -1,6 +1,6 @@
 //! devcontainer.json lifecycle commands in a real workspace on Podman: the files the hooks
 //! write prove their order and once-only semantics across a restart, `postAttachCommand`
-//! runs on a terminal attach, `remoteEnv` reaches hooks and shells, and a failing entry is
+//! runs on a terminal attach, `remoteEnv` reaches hooks, shells and `~/.cove/on-start`, and a failing entry is
 //! the agent's failed state while the workspace stays usable.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -105,8 +105,17 @@ fn hooks_run_in_order_once_and_on_every_start_and_attach() {
     rt.block_on(attach_terminal(&socket, &secret));
     assert_eq!(wait_for_lines(&server, "hooks", 5)[4], "postAttach");
 
+    // ~/.cove/on-start (Cove's own start hook) gets the configuration's environment too.
+    let hook =
+        "mkdir -p ~/.cove && printf '#!/bin/sh\\necho \"$SHOUT\" > ~/project/on-start.txt\\n' > ~/.cove/on-start \
+                && chmod +x ~/.cove/on-start";
+    server.ok(&["exec", "hooks", "--", "sh", "-c", hook]);
     server.ok(&["restart", "hooks"]);
     agent_socket(&server, "hooks", Some(&secret));
+    let on_start = poll("~/.cove/on-start to run with remoteEnv", WAIT, || {
+        lines(&server, "hooks", "on-start.txt").into_iter().next()
+    });
+    assert_eq!(on_start, "hello-loud");
     let restarted = wait_for_lines(&server, "hooks", 6);
     assert_eq!(restarted[5], "postStart hello-loud", "{restarted:?}");
     server.wait_for("hooks", "the agent to be ready again", WAIT, |ws| ws["agent"]["state"] == "ready");

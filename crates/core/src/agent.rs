@@ -102,3 +102,30 @@ pub struct DevcontainerAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// A tmpfs the engine mounts in every workspace (memory only: never on the volume, never
+/// in the engine's metadata but for the mount itself). The agent writes the workspace's
+/// secrets here at each start.
+pub const SECRETS_TMPFS: &str = "/run/cove";
+/// The workspace's file secrets, one file per secret, readable by the workspace user only.
+pub const SECRETS_DIR: &str = "/run/cove/secrets";
+/// The environment secrets, NUL-separated `KEY=value` entries, for `cove exec`'s processes
+/// (which the engine starts, not the agent): read by `cove agent with-secrets`.
+pub const SECRETS_ENV_FILE: &str = "/run/cove/env";
+
+/// `GET /v1/secrets` on the control socket: the workspace's frozen set, in clear.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredSecret {
+    pub name: String,
+    /// A file in [`SECRETS_DIR`]; otherwise an environment variable.
+    #[serde(default)]
+    pub file: bool,
+    pub value: String,
+}
+
+impl std::fmt::Debug for DeliveredSecret {
+    // Never the value: a debug print must not leak it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveredSecret").field("name", &self.name).field("file", &self.file).finish_non_exhaustive()
+    }
+}

@@ -12,8 +12,9 @@ pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u32 = 30 * 60;
 pub const MAX_IMAGE_REF_LEN: usize = 255;
 /// Bumped when the way Cove lays out a workspace's container changes (its main process,
 /// mounts), so that the next start of every workspace replaces its container; the volume
-/// stays. 2: the injected agent replaced the placeholder main process.
-const CONTAINER_LAYOUT: u32 = 2;
+/// stays. 2: the injected agent replaced the placeholder main process. 3: a tmpfs at
+/// `/run/cove` for the secrets the agent delivers.
+const CONTAINER_LAYOUT: u32 = 3;
 
 /// The part of a workspace that decides how its container is made. When it changes,
 /// the container is made again (the volume stays).

@@ -45,6 +45,8 @@ const PIDS_LIMIT: i64 = 4096;
 /// The scratch tmpfs counts against the container's memory; the cap keeps one runaway
 /// tool from taking all of it.
 const SCRATCH_OPTIONS: &str = "rw,nosuid,nodev,size=1g,mode=1777";
+/// Secrets are small; root's until the agent hands the secrets directory to the user.
+const SECRETS_TMPFS_OPTIONS: &str = "rw,nosuid,nodev,noexec,size=16m,mode=0755";
 /// Placeholder main process until the agent is injected: keeps the container alive,
 /// makes the project folder on the volume, runs the user's `~/.cove/on-start` in the
 /// background if there is one (how a server in the workspace comes back after a wake),
@@ -122,6 +124,16 @@ impl DockerBackend {
             mounts.push(bind(&editor, cove_core::agent::EDITOR_DIR, true));
         }
         Ok(("0:0".into(), crate::inject::agent_command(), mounts))
+    }
+
+    /// The scratch tmpfs, and with an agent the one it writes the workspace's secrets to
+    /// (memory only: secrets never touch the volume or the engine's metadata).
+    fn tmpfs(&self) -> HashMap<String, String> {
+        let mut tmpfs = HashMap::from([(WORKSPACE_SCRATCH.to_string(), SCRATCH_OPTIONS.to_string())]);
+        if self.injection.is_some() {
+            tmpfs.insert(cove_core::agent::SECRETS_TMPFS.to_string(), SECRETS_TMPFS_OPTIONS.to_string());
+        }
+        tmpfs
     }
 
     pub fn container_name(spec: &ContainerSpec) -> String {
@@ -375,7 +387,7 @@ impl Backend for DockerBackend {
                 cap_add: (!spec.config.cap_add.is_empty()).then(|| spec.config.cap_add.clone()),
                 security_opt: (!spec.config.security_opt.is_empty()).then(|| spec.config.security_opt.clone()),
                 mounts: Some(mounts),
-                tmpfs: Some(HashMap::from([(WORKSPACE_SCRATCH.to_string(), SCRATCH_OPTIONS.to_string())])),
+                tmpfs: Some(self.tmpfs()),
                 ..Default::default()
             }),
             ..Default::default()

@@ -179,6 +179,7 @@ pub fn control_router(control: ControlState) -> Router {
         .route("/v1/workspace", axum::routing::get(describe_workspace))
         .route("/v1/git-credential", axum::routing::get(git_credential))
         .route("/v1/devcontainer", post(crate::devcontainers::agent_question))
+        .route("/v1/secrets", axum::routing::get(workspace_secrets))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(control)
 }
@@ -258,6 +259,20 @@ async fn git_credential(
         Ok(None) => not_found(format!("no Git token for {host}; store one with `cove git-token set {host}`")),
         Err(e) => {
             tracing::error!(workspace = %workspace.name, host = %host, error = %e, "cannot answer a git credential question");
+            e.into_response()
+        }
+    }
+}
+
+/// The workspace's frozen secrets, in clear: only ever over its own control socket.
+async fn workspace_secrets(State(c): State<ControlState>) -> Response {
+    match crate::secrets::delivered(c.state.store.as_ref(), &c.state.config.data_dir, c.workspace).await {
+        Ok(set) => {
+            tracing::info!(workspace = %c.workspace, secrets = set.len(), "secrets handed to the agent");
+            Json(set).into_response()
+        }
+        Err(e) => {
+            tracing::error!(workspace = %c.workspace, error = ?e, "cannot hand the workspace's secrets to its agent");
             e.into_response()
         }
     }

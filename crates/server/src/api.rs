@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workspaces/{ws}/ssh", get(ssh))
         .route("/api/v1/workspaces/{ws}/tcp/{port}", get(tcp))
         .route("/api/v1/workspaces/{ws}/ports", get(ports))
+        .merge(crate::secrets_api::routes())
+        .merge(crate::access::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -125,24 +127,22 @@ async fn openapi_doc() -> Json<serde_json::Value> {
 async fn login(
     State(state): State<AppState>,
     audit: Option<axum::Extension<crate::audit::AuditSlot>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = auth::check_password(state.store.as_ref(), &body.username, body.password).await?;
+    let origin = crate::access::Origin::of(&headers, peer.map(|axum::Extension(c)| c.0));
+    let token_name = body.token_name.clone().unwrap_or_else(|| "cli".into());
+    let result = crate::access::password_login(&state, &body.username, body.password, &origin, &token_name).await;
     if let Some(axum::Extension(slot)) = &audit {
         // Only a well-formed name is recorded: a password typed into the name field is not.
-        match (&user, Name::parse(&body.username)) {
-            (Some(user), _) => slot.set(Some(user.id), user.name.as_str()),
-            (None, Ok(name)) => slot.set(None, name.as_str()),
-            (None, Err(_)) => {}
+        match (&result, Name::parse(&body.username)) {
+            (Ok((user, _, _)), _) => slot.set(Some(user.id), user.name.as_str()),
+            (Err(_), Ok(name)) => slot.set(None, name.as_str()),
+            (Err(_), Err(_)) => {}
         }
     }
-    let Some(user) = user else {
-        return Err(ApiError::Unauthenticated("invalid username or password".into()));
-    };
-    let token_name = body.token_name.unwrap_or_else(|| "cli".into());
-    // As before scopes: the login token may do all its user may.
-    let scope = TokenScope::widest_for(user.role);
-    let (secret, token) = auth::issue_token(state.store.as_ref(), &user, &token_name, scope, None).await?;
+    let (user, secret, token) = result?;
     tracing::info!(user = %user.name, token = %token.id, "logged in");
     Ok((StatusCode::CREATED, Json(json!({ "token": secret, "user": UserView::from(&user) }))))
 }
@@ -401,10 +401,9 @@ async fn set_git_token(
     if username.len() > 256 || username.contains(['\n', '\r', '\0']) {
         return Err(ApiError::InvalidRequest("username must be at most 256 characters on one line".into()));
     }
-    let vault = crate::secrets::Vault::load_or_create(&state.config.data_dir)
-        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
-    let sealed = vault.seal(user.id, &host, username, token)?;
-    let stored = state.store.git_token_set(sealed).await?;
+    let stored =
+        crate::secrets::git_token_store(state.store.as_ref(), &state.config.data_dir, user.id, &host, username, token)
+            .await?;
     Ok(Json(json!({ "host": stored.host, "username": stored.username, "created_at": stored.created_at })))
 }
 
@@ -453,7 +452,9 @@ async fn list_workspaces(
         caller.require_admin()?;
         state.store.workspace_list_all().await?
     } else {
-        state.store.workspace_list_by_owner(caller.0.id).await?
+        let mut own = state.store.workspace_list_by_owner(caller.0.id).await?;
+        own.extend(state.store.workspace_list_shared_with(caller.0.id).await?);
+        own
     };
     Ok(Json(list.iter().map(|w| workspaces::view(&state, w)).collect()))
 }
@@ -472,10 +473,13 @@ async fn get_workspace(
     Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let ws = crate::access::resolve_shared(&state, &user, &key).await?;
     crate::devcontainers::maybe_check(&state, &ws);
     let mut view = workspaces::view(&state, &ws);
-    view.handoff = state.store.handoff_get(ws.id).await?;
+    // The hand-off (its webhook) is the owner's business, not of those it is shared with.
+    if ws.owner == user.id || user.role == Role::Admin {
+        view.handoff = state.store.handoff_get(ws.id).await?;
+    }
     Ok(Json(view))
 }
 
@@ -503,7 +507,19 @@ async fn delete_workspace(
     Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ws = workspaces::resolve(&state, &user, &key).await?;
+    let ws = match workspaces::resolve(&state, &user, &key).await {
+        Ok(ws) => ws,
+        Err(ApiError::NotFound(m)) => match crate::access::resolve_shared(&state, &user, &key).await {
+            Ok(shared) => {
+                return Err(ApiError::Forbidden(format!(
+                    "only the owner of workspace {} ({}) or an admin may delete it",
+                    shared.name, shared.owner_name
+                )))
+            }
+            Err(_) => return Err(ApiError::NotFound(m)),
+        },
+        Err(e) => return Err(e),
+    };
     let ws = workspaces::delete(&state, ws).await?;
     Ok((StatusCode::ACCEPTED, Json(workspaces::view(&state, &ws))))
 }
@@ -525,7 +541,8 @@ async fn exec(
     if let Some(bad) = body.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
         return Err(ApiError::InvalidRequest(format!("env entry {bad:?} must look like KEY=value")));
     }
-    let request = ExecRequest { cmd: body.cmd, env: body.env, workdir: body.workdir, user: None };
+    let cmd = crate::secrets_api::exec_command(&state, &ws, body.cmd, &body.env).await?;
+    let request = ExecRequest { cmd, env: body.env, workdir: body.workdir, user: None };
     state.activity.record(ws.id, "exec");
     let events = state.backend.exec(ws.id, request).await.map_err(|e| workspaces::backend_error(&ws, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;

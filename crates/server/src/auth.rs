@@ -46,11 +46,13 @@ fn rand_salt() -> [u8; 16] {
 pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
     const DUMMY: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9cVnYHbP2AxuUUd7hSgK1uNd7J4PzXHZa3MzAcdNoi4";
-    let hash = stored.unwrap_or(DUMMY);
-    let Ok(parsed) = PasswordHash::new(hash) else {
+    // A stored value that is no hash (an OIDC-only user's) costs the same as the rest.
+    let parsed = stored.and_then(|h| PasswordHash::new(h).ok());
+    let usable = parsed.is_some();
+    let Some(parsed) = parsed.or_else(|| PasswordHash::new(DUMMY).ok()) else {
         return false;
     };
-    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && stored.is_some()
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && usable
 }
 
 /// On a fresh data directory: makes the `admin` account with a random password, written
@@ -196,6 +198,7 @@ mod tests {
         assert!(!verify_password("wrong horse", Some(&hash)));
         assert!(!verify_password("correct horse", None));
         assert!(!verify_password("correct horse", Some("not a hash")));
+        assert!(!verify_password("", Some(crate::oidc::NO_PASSWORD)));
     }
 
     #[test]

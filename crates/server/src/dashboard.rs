@@ -12,7 +12,7 @@ use cove_core::{hash_token, ActualState, ApiToken, User};
 use cove_proxy::parse_host;
 use serde::Deserialize;
 
-use crate::{auth, pages, AppState};
+use crate::{pages, AppState};
 
 pub const SESSION_COOKIE: &str = "cove_session";
 
@@ -37,8 +37,8 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None)
+async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    pages::login_form(&q.next.unwrap_or_else(|| "/".into()), None, sso_name(&state))
 }
 
 #[derive(Deserialize)]
@@ -48,34 +48,48 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = form.next.unwrap_or_else(|| "/".into());
-    let Ok(Some(user)) = auth::check_password(state.store.as_ref(), &form.username, form.password).await else {
-        return pages::login_form(&next, Some("Invalid username or password."));
-    };
-    let Ok((secret, _)) = auth::issue_token(
-        state.store.as_ref(),
-        &user,
-        "browser session",
-        cove_core::TokenScope::widest_for(user.role),
-        None,
-    )
-    .await
-    else {
-        return pages::html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Cannot log in",
-            "Cove could not store the session; try again.",
-        );
-    };
+    let origin = crate::access::Origin::of(&headers, peer.map(|axum::Extension(c)| c.0));
+    let (user, secret) =
+        match crate::access::password_login(&state, &form.username, form.password, &origin, "browser session").await {
+            Ok((user, secret, _)) => (user, secret),
+            Err(crate::error::ApiError::TooManyRequests(message, seconds)) => {
+                let mut response =
+                    pages::login_form(&next, Some(&format!("Too many failed logins: {message}.")), sso_name(&state));
+                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+                return response;
+            }
+            Err(crate::error::ApiError::Unauthenticated(_)) => {
+                return pages::login_form(&next, Some("Invalid username or password."), sso_name(&state))
+            }
+            Err(_) => {
+                return pages::html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cannot log in",
+                    "Cove could not store the session; try again.",
+                )
+            }
+        };
     tracing::info!(user = %user.name, "logged in to the dashboard");
     let mut response = pages::redirect(&safe_next(&next));
     pages::set_cookie(&mut response, SESSION_COOKIE, &secret, state.config.https(), None);
     response
 }
 
+/// The OIDC provider's name for the login page's "Sign in with" button, if configured.
+fn sso_name(state: &AppState) -> Option<&str> {
+    state.oidc.as_ref().map(|o| o.config.display_name.as_str())
+}
+
 /// Only paths on this origin and app hosts of this Cove: never an open redirect.
-fn safe_next(next: &str) -> String {
+pub(crate) fn safe_next(next: &str) -> String {
     if next.starts_with('/') && !next.starts_with("//") {
         return next.to_string();
     }

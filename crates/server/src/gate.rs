@@ -37,6 +37,8 @@ const RECENT: chrono::Duration = chrono::Duration::seconds(60);
 pub struct Route {
     pub workspace: Workspace,
     shares: HashMap<String, ShareLevel>,
+    /// Users the owner shared the workspace with: owner-level apps are theirs too.
+    shared_with: std::collections::HashSet<UserId>,
 }
 
 impl Route {
@@ -44,6 +46,7 @@ impl Route {
     pub fn allows(&self, app: &App, caller: Option<UserId>) -> bool {
         let share = self.shares.get(&app.to_string()).copied().unwrap_or(ShareLevel::Owner);
         share.allows(self.workspace.owner, caller)
+            || (share == ShareLevel::Owner && caller.is_some_and(|c| self.shared_with.contains(&c)))
     }
 }
 
@@ -56,7 +59,8 @@ pub async fn lookup(store: &dyn Store, owner: &Name, workspace: &Name) -> Result
     match store.workspace_get_by_name(user.id, workspace).await {
         Ok(ws) if ws.desired != DesiredState::Terminated => {
             let shares = store.app_share_list(ws.id).await?.into_iter().collect();
-            Ok(Some(Route { workspace: ws, shares }))
+            let shared_with = store.workspace_share_list(ws.id).await?.into_iter().map(|(id, _)| id).collect();
+            Ok(Some(Route { workspace: ws, shares, shared_with }))
         }
         Ok(_) | Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e),

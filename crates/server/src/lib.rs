@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod activity;
 pub mod agents;
 pub mod api;
@@ -14,10 +15,12 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod handoff;
+pub mod oidc;
 pub mod openapi;
 pub mod pages;
 pub mod quotas;
 pub mod secrets;
+pub mod secrets_api;
 pub mod tickets;
 pub mod tunnel;
 pub mod views;
@@ -57,6 +60,8 @@ pub struct Config {
     pub idle_check_interval: std::time::Duration,
     /// What a devcontainer.json may ask of this instance (binds, privileges, initializeCommand).
     pub devcontainer_policy: cove_devcontainer::Policy,
+    /// Login through an OpenID Connect provider, when configured.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
             activity_flush_interval: std::time::Duration::from_secs(5),
             idle_check_interval: std::time::Duration::from_secs(10),
             devcontainer_policy: cove_devcontainer::Policy::default(),
+            oidc: None,
         }
     }
 
@@ -121,6 +127,10 @@ pub struct AppState {
     pub metrics: Arc<cove_proxy::Metrics>,
     pub agents: Arc<agents::Agents>,
     pub builds: Arc<devcontainers::Builds>,
+    /// Failed password logins, per account and address.
+    pub logins: Arc<access::LoginLimiter>,
+    /// `None` unless OIDC login is configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// A started server: where it listens and what it said on the way up.
@@ -166,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Err(e) => notes.push(format!("warning: {e}; workspaces will wait until it answers")),
     }
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
-    secrets::Vault::load_or_create(&config.data_dir)?;
+    secrets::check_key(store.as_ref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -175,10 +185,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if config.public_url.is_empty() {
         config.public_url = format!("http://localhost:{}", addr.port());
     }
+    let oidc = match &config.oidc {
+        Some(c) => {
+            let oidc = oidc::Oidc::new(c.clone(), &config.public_url)?;
+            notes.push(format!(
+                "OIDC login: {} at {}; register {} as the client's redirect URI",
+                c.display_name,
+                c.issuer,
+                oidc.redirect_url()
+            ));
+            Some(Arc::new(oidc))
+        }
+        None => None,
+    };
     let reconciler = cove_reconciler::spawn(store.clone(), backend.clone(), config.reconcile.clone());
     let routes: Arc<gate::RouteCache> = Arc::default();
     routes.follow(reconciler.changes());
-    let state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    let mut state = assemble(store, backend, instance, signer, reconciler, routes, &config, Role::Server);
+    state.oidc = oidc;
     agents::spawn_sync(state.clone());
     handoff::spawn(state.clone());
     notes.push(format!("apps: {}", config.app_url("PORT", "WORKSPACE", "OWNER")));
@@ -192,8 +216,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// the apps domain that are not app hosts get the plain 404 page, not the dashboard.
 pub fn router(state: AppState) -> axum::Router {
     let apps_domain = state.config.apps_domain.clone();
-    api::router(state.clone()).merge(dashboard::router().with_state(state)).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
+    api::router(state.clone()).merge(dashboard::router().merge(oidc::router()).with_state(state)).layer(
+        axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let under_apps_domain = request
                 .headers()
                 .get(axum::http::header::HOST)
@@ -206,8 +230,8 @@ pub fn router(state: AppState) -> axum::Router {
                 }
                 next.run(request).await
             }
-        },
-    ))
+        }),
+    )
 }
 
 /// The proxy for app hosts, deciding through the gate.
@@ -238,7 +262,7 @@ pub async fn start_proxy(config: Config) -> anyhow::Result<Server> {
     let (instance, engine, backend) = connect_engine(&config, store.as_ref()).await?;
     let mut notes: Vec<String> = engine.note.iter().cloned().collect();
     let signer = Arc::new(tickets::Signer::load_or_create(&config.data_dir)?);
-    secrets::Vault::load_or_create(&config.data_dir)?;
+    secrets::check_key(store.as_ref(), &config.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -342,5 +366,7 @@ fn assemble(
         metrics,
         agents,
         builds: Arc::default(),
+        logins: Arc::default(),
+        oidc: None,
     }
 }

@@ -37,6 +37,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/workspaces/{ws}/tcp/{port}"),
     ("get", "/api/v1/workspaces/{ws}/ports"),
     ("post", "/api/v1/workspaces/{ws}/rebuild"),
+    ("get", "/api/v1/secrets"),
+    ("put", "/api/v1/secrets/{name}"),
+    ("delete", "/api/v1/secrets/{name}"),
+    ("get", "/api/v1/workspaces/{ws}/secrets"),
+    ("post", "/api/v1/workspaces/{ws}/secrets/refresh"),
+    ("put", "/api/v1/workspaces/{ws}/secrets/{name}"),
+    ("delete", "/api/v1/workspaces/{ws}/secrets/{name}"),
+    ("post", "/api/v1/admin/rotate-key"),
+    ("get", "/api/v1/sessions"),
+    ("delete", "/api/v1/sessions/{id}"),
+    ("get", "/api/v1/workspaces/{ws}/shares"),
+    ("put", "/api/v1/workspaces/{ws}/shares/{user}"),
+    ("delete", "/api/v1/workspaces/{ws}/shares/{user}"),
 ];
 
 fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'static str) {
@@ -134,8 +147,68 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
             None,
             "the workspace (202 Accepted)",
         ),
+        ("get", "/api/v1/secrets") => (
+            "Secrets of a scope: `?scope=user` (default, the caller's) or `?scope=instance` (admins); names, kinds and times, never values",
+            None,
+            "secrets",
+        ),
+        ("put", "/api/v1/secrets/{name}") => (
+            "Store (encrypted) a secret in `?scope=user|instance`; workspaces made from now on get it",
+            Some("SetSecret"),
+            "the secret, without its value",
+        ),
+        ("delete", "/api/v1/secrets/{name}") => ("Forget a secret of `?scope=user|instance`", None, "deleted"),
+        ("get", "/api/v1/workspaces/{ws}/secrets") => (
+            "The workspace's own secrets and the set it was given (frozen), without values (owner or admin)",
+            None,
+            "{secrets, frozen}",
+        ),
+        ("post", "/api/v1/workspaces/{ws}/secrets/refresh") => (
+            "Give the workspace the current values of its secrets (delivered at its next start)",
+            None,
+            "{frozen}",
+        ),
+        ("put", "/api/v1/workspaces/{ws}/secrets/{name}") => {
+            ("Store (encrypted) a secret of this workspace alone", Some("SetSecret"), "the secret, without its value")
+        }
+        ("delete", "/api/v1/workspaces/{ws}/secrets/{name}") => ("Forget a secret of this workspace", None, "deleted"),
+        ("post", "/api/v1/admin/rotate-key") => {
+            ("Re-encrypt every stored secret under a new instance key (admins only)", None, "{reencrypted}")
+        }
+        ("get", "/api/v1/sessions") => (
+            "The caller's login sessions: created, last used, address, user agent",
+            None,
+            "sessions",
+        ),
+        ("delete", "/api/v1/sessions/{id}") => ("End one of the caller's sessions at once", None, "revoked"),
+        ("get", "/api/v1/workspaces/{ws}/shares") => ("The users a workspace is shared with (owner or admin)", None, "users"),
+        ("put", "/api/v1/workspaces/{ws}/shares/{user}") => (
+            "Share the workspace with a user: they see it and open its apps and terminal; they cannot delete it",
+            None,
+            "users",
+        ),
+        ("delete", "/api/v1/workspaces/{ws}/shares/{user}") => ("Stop sharing the workspace with a user", None, "users"),
         _ => ("", None, ""),
     }
+}
+
+/// One string path parameter per `{placeholder}` of `path`.
+fn path_parameters(path: &str) -> Value {
+    let names: Vec<&str> = path.split('{').skip(1).filter_map(|rest| rest.split('}').next()).collect();
+    Value::Array(
+        names
+            .into_iter()
+            .map(|name| {
+                let description = match name {
+                    "ws" => "workspace name or id",
+                    "name" => "the secret's name",
+                    "user" => "a user's name",
+                    _ => "",
+                };
+                json!({ "name": name, "in": "path", "required": true, "description": description, "schema": { "type": "string" } })
+            })
+            .collect(),
+    )
 }
 
 pub fn document() -> Value {
@@ -150,7 +223,9 @@ pub fn document() -> Value {
                 "5XX": { "description": "a server or engine error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             },
         });
-        if path.contains("{app}") {
+        if path.contains("{name}") || path.contains("{user}") {
+            op["parameters"] = path_parameters(path);
+        } else if path.contains("{app}") {
             op["parameters"] = json!([
                 { "name": "ws", "in": "path", "required": true, "description": "workspace name or id", "schema": { "type": "string" } },
                 { "name": "app", "in": "path", "required": true, "description": "a port number or an app name", "schema": { "type": "string" } }
@@ -205,6 +280,7 @@ pub fn document() -> Value {
                     "max_cpus": { "type": "number", "exclusiveMinimum": 0, "description": "CPUs per workspace" },
                     "max_memory": size } },
                 "SetGitToken": { "type": "object", "required": ["token"], "additionalProperties": false, "properties": { "token": { "type": "string" }, "username": { "type": "string" } } },
+                "SetSecret": { "type": "object", "required": ["value"], "additionalProperties": false, "properties": { "value": { "type": "string", "maxLength": 32768 }, "kind": { "enum": ["env", "file"], "description": "env (default): an environment variable; file: /run/cove/secrets/<name>" } } },
                 "Share": { "type": "object", "required": ["share"], "properties": { "share": { "enum": ["owner", "authenticated", "public"] } } },
                 "Exec": { "type": "object", "required": ["cmd"], "properties": { "cmd": { "type": "array", "items": { "type": "string" } }, "env": { "type": "array", "items": { "type": "string" } }, "workdir": { "type": "string" } } },
             }

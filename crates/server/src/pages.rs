@@ -138,17 +138,27 @@ pub fn over_quota(ws: &Workspace, message: &str, browser: bool) -> Response {
     }
 }
 
-pub fn login_form(next: &str, error: Option<&str>) -> Response {
+/// The login page; `sso` is the OIDC provider's name, which adds a "Sign in with" button.
+pub fn login_form(next: &str, error: Option<&str>, sso: Option<&str>) -> Response {
     let error = error.map(|e| format!("<p role=\"alert\" style=\"color:#b00\">{}</p>", escape(e))).unwrap_or_default();
     let body = format!(
         "<h1>Log in to Cove</h1>{error}<form method=\"post\" action=\"/login\">\
 <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-<input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button type=\"submit\">Log in</button></p></form>",
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button type=\"submit\">Log in</button></p></form>{sso}",
+        sso = sso.map(|name| sso_button(name, next)).unwrap_or_default(),
         next = escape(next)
     );
     let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page("Log in to Cove", &body)).into_response()
+}
+
+fn sso_button(provider: &str, next: &str) -> String {
+    format!(
+        "<p class=\"muted\">or</p><p><a id=\"sso\" role=\"button\" href=\"/auth/oidc/login?next={}\">Sign in with {}</a></p>",
+        escape(&cove_core::percent_encode(next)),
+        escape(provider)
+    )
 }
 
 /// A name under a workspace that is neither a port nor an app Cove serves.

@@ -55,6 +55,12 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
     crate::quotas::check_create(state, caller.id, &resources, desired).await?;
     let new = NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired, source, handoff };
     let ws = state.store.workspace_create(new).await?;
+    // Before the reconciler hears of it: its agent's first start gets the frozen set.
+    if let Err(e) = crate::secrets::freeze(state.store.as_ref(), &state.config.data_dir, &ws).await {
+        tracing::error!(workspace = %ws.name, owner = %ws.owner_name, error = %e, "step 'freeze secrets' failed");
+        let _ = state.store.workspace_delete(ws.id).await;
+        return Err(e);
+    }
     tracing::info!(workspace = %ws.name, owner = %ws.owner_name, "workspace created");
     state.routes.invalidate();
     state.reconciler.poke();

@@ -57,6 +57,8 @@ async fn api() -> Api {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         builds: Arc::default(),
+        logins: Arc::default(),
+        oidc: None,
     };
     Api { router: cove_server::router(state), token, store, alice: user, _dir: dir }
 }
@@ -102,7 +104,7 @@ async fn every_documented_route_is_served_and_every_served_route_is_documented()
         );
     }
     // And a route that is not documented is not served.
-    let (status, _) = api.call("GET", "/api/v1/secrets", None).await;
+    let (status, _) = api.call("GET", "/api/v1/no-such-route", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 

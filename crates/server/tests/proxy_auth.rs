@@ -92,6 +92,8 @@ async fn world_waiting(wake_wait: Duration) -> World {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         builds: Arc::default(),
+        logins: Arc::default(),
+        oidc: None,
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
     let app = cove_server::router(state);
@@ -497,4 +499,31 @@ async fn a_wake_over_the_running_quota_is_refused_and_changes_nothing() {
     assert!(body.contains("cannot start"), "{body}");
     let after = w.store.workspace_get(w.ws).await.unwrap();
     assert_eq!((after.desired, after.generation), (DesiredState::Stopped, before.generation));
+}
+
+#[tokio::test]
+async fn a_workspace_shared_with_a_user_opens_for_them_through_the_proxy() {
+    let w = world().await;
+    let url = w.url(&w.app_host(), "/");
+    let bob = ("authorization", format!("Bearer {}", w.bob_token));
+    let share = |method: reqwest::Method| {
+        w.client()
+            .request(method, format!("http://localhost:{}/api/v1/workspaces/api/shares/bob", w.port))
+            .bearer_auth(&w.alice_token)
+            .send()
+    };
+    assert_eq!(w.get(&url, &[(bob.0, &bob.1)]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(share(reqwest::Method::PUT).await.unwrap().status(), StatusCode::OK);
+    // The app is still owner-level: bob gets in as one it is shared with, by token and
+    // through the browser's ticket dance; nobody else does.
+    let (status, _, body) = w.get(&url, &[(bob.0, &bob.1)]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from the workspace"));
+    let session = w.login("bob").await;
+    let cookie = w.app_cookie(&session, &w.app_host(), "/").await;
+    assert_eq!(w.get(&url, &[HTML, ("cookie", &cookie)]).await.0, StatusCode::OK);
+    assert_eq!(w.get(&url, &[]).await.0, StatusCode::UNAUTHORIZED);
+    // Unshared: closed again at once.
+    assert_eq!(share(reqwest::Method::DELETE).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(w.get(&url, &[(bob.0, &bob.1)]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(w.get(&url, &[HTML, ("cookie", &cookie)]).await.0, StatusCode::NOT_FOUND);
 }

@@ -49,6 +49,15 @@ pub struct UserPatch {
     pub password_hash: Option<String>,
 }
 
+/// A provider's account as Cove links it: the issuer's URL and its stable subject id.
+#[derive(Clone, Debug)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+    /// The address the provider gave this time; informational, never a key.
+    pub email: Option<String>,
+}
+
 pub struct NewToken {
     pub user: UserId,
     pub name: String,
@@ -149,6 +158,123 @@ pub struct GitToken {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a secret is kept; a later scope overrides an earlier one by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecretScope {
+    Instance,
+    User(UserId),
+    Workspace(WorkspaceId),
+}
+
+impl SecretScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretScope::Instance => "instance",
+            SecretScope::User(_) => "user",
+            SecretScope::Workspace(_) => "workspace",
+        }
+    }
+
+    /// The id the scope belongs to ('' for the instance).
+    pub fn owner(self) -> String {
+        match self {
+            SecretScope::Instance => String::new(),
+            SecretScope::User(u) => u.to_string(),
+            SecretScope::Workspace(w) => w.to_string(),
+        }
+    }
+}
+
+/// How a secret reaches the workspace: an environment variable or a file in a tmpfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretKind {
+    Env,
+    File,
+}
+
+impl SecretKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::Env => "env",
+            SecretKind::File => "file",
+        }
+    }
+}
+
+impl std::str::FromStr for SecretKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "env" => Ok(SecretKind::Env),
+            "file" => Ok(SecretKind::File),
+            other => Err(format!("unknown secret kind {other:?}; use env or file")),
+        }
+    }
+}
+
+/// A secret as stored: encrypted (the store never sees the value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secret {
+    pub scope: SecretScope,
+    pub name: String,
+    pub kind: SecretKind,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    /// Set by the store; `created_at` survives a replacement.
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One secret of a workspace's frozen set, sealed for that workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrozenSecret {
+    pub workspace: WorkspaceId,
+    pub name: String,
+    pub kind: SecretKind,
+    /// The scope the value came from.
+    pub scope: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub frozen_at: DateTime<Utc>,
+}
+
+/// Which stored ciphertext a [`Sealed`] is: for re-encrypting everything under a new key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SealedRef {
+    /// The value the server checks the instance key against at start-up.
+    KeyCheck,
+    GitToken {
+        user: UserId,
+        host: String,
+    },
+    Secret {
+        scope: SecretScope,
+        name: String,
+        kind: SecretKind,
+    },
+    Frozen {
+        workspace: WorkspaceId,
+        name: String,
+        kind: SecretKind,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    pub what: SealedRef,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// A login session: the token a password login made, and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub token: ApiToken,
+    pub peer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// This control plane's id, made on first use and kept; it labels every engine object.
@@ -172,6 +298,15 @@ pub trait Store: Send + Sync + 'static {
     async fn user_patch(&self, id: UserId, patch: UserPatch) -> Result<User>;
     /// The user and their password hash.
     async fn user_get_by_name_with_password(&self, name: &Name) -> Result<Option<(User, String)>>;
+
+    /// The user linked to this provider account, if any.
+    async fn oidc_identity_user(&self, issuer: &str, subject: &str) -> Result<Option<User>>;
+    /// Makes a user and links the account to it, both or neither. `Conflict` when the
+    /// name is taken or the account is linked already.
+    async fn oidc_user_create(&self, new: NewUser, identity: OidcIdentity) -> Result<User>;
+    /// Records a login of a linked account: its latest email and, when `role` is given,
+    /// the role the provider's groups now map to. `NotFound` for an unlinked account.
+    async fn oidc_identity_login(&self, identity: OidcIdentity, role: Option<Role>) -> Result<User>;
 
     /// `NotFound` when the user does not exist.
     async fn token_create(&self, new: NewToken) -> Result<ApiToken>;
@@ -254,4 +389,36 @@ pub trait Store: Send + Sync + 'static {
     async fn git_token_list(&self, user: UserId) -> Result<Vec<GitToken>>;
     /// `NotFound` if the user has none for that host.
     async fn git_token_delete(&self, user: UserId, host: &str) -> Result<()>;
+
+    /// Stores (or replaces, keeping `created_at`) a secret; the store sets the times.
+    async fn secret_set(&self, secret: Secret) -> Result<Secret>;
+    /// One scope's secrets, by name.
+    async fn secret_list(&self, scope: SecretScope) -> Result<Vec<Secret>>;
+    /// `NotFound` if the scope has none of that name.
+    async fn secret_delete(&self, scope: SecretScope, name: &str) -> Result<()>;
+    /// Replaces a workspace's frozen set; the store sets `frozen_at`.
+    async fn workspace_secret_freeze(&self, workspace: WorkspaceId, set: Vec<FrozenSecret>) -> Result<()>;
+    /// A workspace's frozen set, by name.
+    async fn workspace_secret_list(&self, workspace: WorkspaceId) -> Result<Vec<FrozenSecret>>;
+    /// The sealed value the instance key is checked against, once one was stored.
+    async fn key_check_get(&self) -> Result<Option<Sealed>>;
+    async fn key_check_set(&self, sealed: Sealed) -> Result<()>;
+    /// Every ciphertext the store holds (key check, Git tokens, secrets, frozen sets).
+    async fn sealed_list_all(&self) -> Result<Vec<Sealed>>;
+    /// Writes new nonces and ciphertexts for the rows named, all or nothing.
+    async fn sealed_replace_all(&self, rows: Vec<Sealed>) -> Result<()>;
+
+    /// Marks a token as a login session made from `peer` with `user_agent`.
+    async fn session_record(&self, token: TokenId, peer: Option<&str>, user_agent: Option<&str>) -> Result<()>;
+    /// A user's login sessions (expired ones left out), oldest first.
+    async fn session_list_by_user(&self, user: UserId) -> Result<Vec<Session>>;
+
+    /// Shares a workspace with a user (again: no change).
+    async fn workspace_share_add(&self, workspace: WorkspaceId, user: UserId) -> Result<()>;
+    /// `NotFound` if it was not shared with them.
+    async fn workspace_share_remove(&self, workspace: WorkspaceId, user: UserId) -> Result<()>;
+    /// The users a workspace is shared with, by name.
+    async fn workspace_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(UserId, Name)>>;
+    /// The workspaces shared with `user`, sorted by name then owner name.
+    async fn workspace_list_shared_with(&self, user: UserId) -> Result<Vec<Workspace>>;
 }

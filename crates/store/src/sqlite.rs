@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use cove_core::{
-    ActualState, ApiToken, Name, Resources, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId, WorkspaceSpec,
+    ActualState, ApiToken, Name, Resources, Role, ShareLevel, TokenId, User, UserId, Workspace, WorkspaceId,
+    WorkspaceSpec,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -19,8 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, DevcontainerApply, GitToken, Handoff, NewToken, NewUser, NewWorkspace, Quotas, Result, Store,
-    StoreError, UserPatch, WorkspacePatch,
+    AuditEntry, DevcontainerApply, FrozenSecret, GitToken, Handoff, NewToken, NewUser, NewWorkspace, OidcIdentity,
+    Quotas, Result, Sealed, SealedRef, Secret, SecretScope, Session, Store, StoreError, UserPatch, WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -243,6 +244,76 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         Ok(Some((user_from_row(&row)?, row.try_get("password_hash")?)))
+    }
+
+    async fn oidc_identity_user(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM oidc_identities i JOIN users u ON u.id = i.user_id \
+             WHERE i.issuer = ? AND i.subject = ?"
+        );
+        let row = sqlx::query(&sql).bind(issuer).bind(subject).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn oidc_user_create(&self, new: NewUser, identity: OidcIdentity) -> Result<User> {
+        let user =
+            User { id: UserId::new_random(), name: new.name, role: new.role, created_at: now(), disabled: false };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(user.name.as_str())
+            .bind(user.role.as_str())
+            .bind(&new.password_hash)
+            .bind(user.created_at.timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("a user named {} already exists", user.name)))?;
+        sqlx::query(
+            "INSERT INTO oidc_identities (issuer, subject, user_id, email, created_at, last_login_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&identity.issuer)
+        .bind(&identity.subject)
+        .bind(user.id.to_string())
+        .bind(&identity.email)
+        .bind(user.created_at.timestamp_millis())
+        .bind(user.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            insert_error(e, || format!("the account {} of {} is linked already", identity.subject, identity.issuer))
+        })?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn oidc_identity_login(&self, identity: OidcIdentity, role: Option<Role>) -> Result<User> {
+        let mut tx = self.pool.begin().await?;
+        let user_id: Option<String> = sqlx::query_scalar(
+            "UPDATE oidc_identities SET email = ?, last_login_at = ? WHERE issuer = ? AND subject = ? RETURNING user_id",
+        )
+        .bind(&identity.email)
+        .bind(now().timestamp_millis())
+        .bind(&identity.issuer)
+        .bind(&identity.subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let user_id = user_id.ok_or(StoreError::NotFound)?;
+        if let Some(role) = role {
+            sqlx::query("UPDATE users SET role = ? WHERE id = ?")
+                .bind(role.as_str())
+                .bind(&user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?"))
+            .bind(&user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn token_create(&self, new: NewToken) -> Result<ApiToken> {
@@ -527,14 +598,21 @@ impl Store for SqliteStore {
     }
 
     async fn workspace_delete(&self, id: WorkspaceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Its own secrets go with it (the frozen set and shares by cascade).
+        sqlx::query("DELETE FROM secrets WHERE scope = 'workspace' AND owner = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query("DELETE FROM workspaces WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -676,6 +754,321 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+
+    async fn secret_set(&self, secret: Secret) -> Result<Secret> {
+        let at = now();
+        sqlx::query(
+            "INSERT INTO secrets (scope, owner, name, kind, nonce, ciphertext, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (scope, owner, name) DO UPDATE SET \
+             kind = excluded.kind, nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(secret.scope.as_str())
+        .bind(secret.scope.owner())
+        .bind(&secret.name)
+        .bind(secret.kind.as_str())
+        .bind(&secret.nonce)
+        .bind(&secret.ciphertext)
+        .bind(at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        let row =
+            sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? AND name = ?"))
+                .bind(secret.scope.as_str())
+                .bind(secret.scope.owner())
+                .bind(&secret.name)
+                .fetch_one(&self.pool)
+                .await?;
+        secret_from_row(&row)
+    }
+
+    async fn secret_list(&self, scope: SecretScope) -> Result<Vec<Secret>> {
+        let rows =
+            sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE scope = ? AND owner = ? ORDER BY name"))
+                .bind(scope.as_str())
+                .bind(scope.owner())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(secret_from_row).collect()
+    }
+
+    async fn secret_delete(&self, scope: SecretScope, name: &str) -> Result<()> {
+        let deleted = sqlx::query("DELETE FROM secrets WHERE scope = ? AND owner = ? AND name = ?")
+            .bind(scope.as_str())
+            .bind(scope.owner())
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn workspace_secret_freeze(&self, workspace: WorkspaceId, set: Vec<FrozenSecret>) -> Result<()> {
+        let at = now().timestamp_millis();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM workspace_secrets WHERE workspace_id = ?")
+            .bind(workspace.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for s in &set {
+            sqlx::query(
+                "INSERT INTO workspace_secrets (workspace_id, name, kind, scope, nonce, ciphertext, frozen_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(workspace.to_string())
+            .bind(&s.name)
+            .bind(s.kind.as_str())
+            .bind(&s.scope)
+            .bind(&s.nonce)
+            .bind(&s.ciphertext)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("secret {} is in the set twice", s.name)))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn workspace_secret_list(&self, workspace: WorkspaceId) -> Result<Vec<FrozenSecret>> {
+        let rows = sqlx::query(
+            "SELECT workspace_id, name, kind, scope, nonce, ciphertext, frozen_at FROM workspace_secrets \
+             WHERE workspace_id = ? ORDER BY name",
+        )
+        .bind(workspace.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(frozen_from_row).collect()
+    }
+
+    async fn key_check_get(&self) -> Result<Option<Sealed>> {
+        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(KEY_CHECK)
+            .fetch_optional(&self.pool)
+            .await?;
+        value.map(|v| key_check_parse(&v)).transpose()
+    }
+
+    async fn key_check_set(&self, sealed: Sealed) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(KEY_CHECK)
+        .bind(key_check_text(&sealed))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn sealed_list_all(&self) -> Result<Vec<Sealed>> {
+        let mut all = Vec::new();
+        if let Some(check) = self.key_check_get().await? {
+            all.push(check);
+        }
+        for row in sqlx::query("SELECT user_id, host, nonce, ciphertext FROM git_tokens").fetch_all(&self.pool).await? {
+            all.push(Sealed {
+                what: SealedRef::GitToken { user: text(&row, "user_id", str::parse)?, host: row.try_get("host")? },
+                nonce: row.try_get("nonce")?,
+                ciphertext: row.try_get("ciphertext")?,
+            });
+        }
+        for row in sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets")).fetch_all(&self.pool).await? {
+            let s = secret_from_row(&row)?;
+            all.push(Sealed {
+                what: SealedRef::Secret { scope: s.scope, name: s.name, kind: s.kind },
+                nonce: s.nonce,
+                ciphertext: s.ciphertext,
+            });
+        }
+        for row in
+            sqlx::query("SELECT workspace_id, name, kind, scope, nonce, ciphertext, frozen_at FROM workspace_secrets")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            let s = frozen_from_row(&row)?;
+            all.push(Sealed {
+                what: SealedRef::Frozen { workspace: s.workspace, name: s.name, kind: s.kind },
+                nonce: s.nonce,
+                ciphertext: s.ciphertext,
+            });
+        }
+        Ok(all)
+    }
+
+    async fn sealed_replace_all(&self, rows: Vec<Sealed>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            let query = match &row.what {
+                SealedRef::KeyCheck => {
+                    sqlx::query("UPDATE settings SET value = ? WHERE key = ?").bind(key_check_text(row)).bind(KEY_CHECK)
+                }
+                SealedRef::GitToken { user, host } => {
+                    sqlx::query("UPDATE git_tokens SET nonce = ?, ciphertext = ? WHERE user_id = ? AND host = ?")
+                        .bind(&row.nonce)
+                        .bind(&row.ciphertext)
+                        .bind(user.to_string())
+                        .bind(host)
+                }
+                SealedRef::Secret { scope, name, .. } => sqlx::query(
+                    "UPDATE secrets SET nonce = ?, ciphertext = ? WHERE scope = ? AND owner = ? AND name = ?",
+                )
+                .bind(&row.nonce)
+                .bind(&row.ciphertext)
+                .bind(scope.as_str())
+                .bind(scope.owner())
+                .bind(name),
+                SealedRef::Frozen { workspace, name, .. } => sqlx::query(
+                    "UPDATE workspace_secrets SET nonce = ?, ciphertext = ? WHERE workspace_id = ? AND name = ?",
+                )
+                .bind(&row.nonce)
+                .bind(&row.ciphertext)
+                .bind(workspace.to_string())
+                .bind(name),
+            };
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_record(&self, token: TokenId, peer: Option<&str>, user_agent: Option<&str>) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_id, peer, user_agent) VALUES (?, ?, ?)")
+            .bind(token.to_string())
+            .bind(peer)
+            .bind(user_agent)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| insert_error(e, || "this token is already a session".into()))?;
+        Ok(())
+    }
+
+    async fn session_list_by_user(&self, user: UserId) -> Result<Vec<Session>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, s.peer, s.user_agent FROM api_tokens t JOIN sessions s ON s.token_id = t.id \
+             WHERE t.user_id = ? AND (t.expires_at IS NULL OR t.expires_at > ?) ORDER BY t.created_at, t.id"
+        );
+        let rows =
+            sqlx::query(&sql).bind(user.to_string()).bind(Utc::now().timestamp_millis()).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Session {
+                    token: token_from_row(row)?,
+                    peer: row.try_get("peer")?,
+                    user_agent: row.try_get("user_agent")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn workspace_share_add(&self, workspace: WorkspaceId, user: UserId) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO workspace_shares (workspace_id, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(workspace.to_string())
+            .bind(user.to_string())
+            .bind(now().timestamp_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| insert_error(e, String::new))?;
+        Ok(())
+    }
+
+    async fn workspace_share_remove(&self, workspace: WorkspaceId, user: UserId) -> Result<()> {
+        let deleted = sqlx::query("DELETE FROM workspace_shares WHERE workspace_id = ? AND user_id = ?")
+            .bind(workspace.to_string())
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn workspace_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(UserId, Name)>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.name FROM workspace_shares s JOIN users u ON u.id = s.user_id \
+             WHERE s.workspace_id = ? ORDER BY u.name",
+        )
+        .bind(workspace.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((text(row, "id", str::parse)?, text(row, "name", Name::parse)?))).collect()
+    }
+
+    async fn workspace_list_shared_with(&self, user: UserId) -> Result<Vec<Workspace>> {
+        let rows = sqlx::query(&format!(
+            "{WORKSPACE_SELECT} JOIN workspace_shares s ON s.workspace_id = w.id WHERE s.user_id = ? ORDER BY w.name, u.name"
+        ))
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(workspace_from_row).collect()
+    }
+}
+
+const KEY_CHECK: &str = "vault.key_check";
+
+fn key_check_text(sealed: &Sealed) -> String {
+    format!("{}:{}", hex_encode(&sealed.nonce), hex_encode(&sealed.ciphertext))
+}
+
+fn key_check_parse(value: &str) -> Result<Sealed> {
+    let corrupt = || StoreError::Corrupt(format!("{KEY_CHECK} {value:?}"));
+    let (nonce, ciphertext) = value.split_once(':').ok_or_else(corrupt)?;
+    Ok(Sealed {
+        what: SealedRef::KeyCheck,
+        nonce: hex_decode(nonce).ok_or_else(corrupt)?,
+        ciphertext: hex_decode(ciphertext).ok_or_else(corrupt)?,
+    })
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+const SECRET_COLUMNS: &str = "scope, owner, name, kind, nonce, ciphertext, created_at, updated_at";
+
+fn secret_from_row(row: &SqliteRow) -> Result<Secret> {
+    let scope: String = row.try_get("scope")?;
+    let owner: String = row.try_get("owner")?;
+    let corrupt = || StoreError::Corrupt(format!("secret scope {scope:?} of {owner:?}"));
+    let scope = match scope.as_str() {
+        "instance" => SecretScope::Instance,
+        "user" => SecretScope::User(owner.parse().map_err(|_| corrupt())?),
+        "workspace" => SecretScope::Workspace(owner.parse().map_err(|_| corrupt())?),
+        _ => return Err(corrupt()),
+    };
+    Ok(Secret {
+        scope,
+        name: row.try_get("name")?,
+        kind: text(row, "kind", str::parse)?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+fn frozen_from_row(row: &SqliteRow) -> Result<FrozenSecret> {
+    Ok(FrozenSecret {
+        workspace: text(row, "workspace_id", str::parse)?,
+        name: row.try_get("name")?,
+        kind: text(row, "kind", str::parse)?,
+        scope: row.try_get("scope")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+        frozen_at: time(row, "frozen_at")?,
+    })
 }
 
 const HANDOFF_SELECT: &str = "SELECT workspace_id, notify_url, message, state, attempts, next_attempt_at, \

@@ -622,3 +622,143 @@ async fn a_disabled_user_authenticates_no_token() {
     let missing = f.store.user_patch(cove_core::UserId::new_random(), cove_store::UserPatch::default()).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
+
+#[tokio::test]
+async fn oidc_accounts_are_linked_by_issuer_and_subject() {
+    let f = Fixture::new().await;
+    let issuer = "https://id.example.com";
+    let identity = |subject: &str, email: &str| cove_store::OidcIdentity {
+        issuer: issuer.into(),
+        subject: subject.into(),
+        email: Some(email.into()),
+    };
+    assert!(f.store.oidc_identity_user(issuer, "s-1").await.unwrap().is_none());
+    let new = NewUser { name: name("ada"), role: Role::Member, password_hash: "!oidc".into() };
+    let ada = f.store.oidc_user_create(new, identity("s-1", "ada@example.com")).await.unwrap();
+    assert_eq!(f.store.oidc_identity_user(issuer, "s-1").await.unwrap(), Some(ada.clone()));
+    // The same subject at another issuer is another account.
+    assert!(f.store.oidc_identity_user("https://other.example.com", "s-1").await.unwrap().is_none());
+
+    // A second link of the same account, or a taken name, changes nothing.
+    let again = NewUser { name: name("ada-2"), role: Role::Member, password_hash: "!oidc".into() };
+    assert!(matches!(
+        f.store.oidc_user_create(again, identity("s-1", "x@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let taken = NewUser { name: name("ada"), role: Role::Member, password_hash: "!oidc".into() };
+    assert!(matches!(
+        f.store.oidc_user_create(taken, identity("s-2", "y@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(f.store.user_count().await.unwrap(), 1);
+    assert!(f.store.oidc_identity_user(issuer, "s-2").await.unwrap().is_none());
+
+    // A login updates the role when the provider's groups say so, and only then.
+    let admin = f.store.oidc_identity_login(identity("s-1", "ada@new.example.com"), Some(Role::Admin)).await.unwrap();
+    assert_eq!((admin.id, admin.role), (ada.id, Role::Admin));
+    let same = f.store.oidc_identity_login(identity("s-1", "ada@new.example.com"), None).await.unwrap();
+    assert_eq!(same.role, Role::Admin);
+    assert!(matches!(
+        f.store.oidc_identity_login(identity("s-9", "z@example.com"), None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn secret(scope: cove_store::SecretScope, name: &str, ciphertext: &[u8]) -> cove_store::Secret {
+    cove_store::Secret {
+        scope,
+        name: name.into(),
+        kind: cove_store::SecretKind::Env,
+        nonce: vec![1; 12],
+        ciphertext: ciphertext.to_vec(),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn secrets_by_scope_frozen_sets_and_rewrapping() {
+    use cove_store::{FrozenSecret, Sealed, SealedRef, SecretKind, SecretScope};
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let ws = f.workspace(&ada, "api").await;
+    let first = f.store.secret_set(secret(SecretScope::User(ada.id), "A", b"one")).await.unwrap();
+    f.store.secret_set(secret(SecretScope::Instance, "A", b"inst")).await.unwrap();
+    f.store.secret_set(secret(SecretScope::Workspace(ws.id), "B", b"own")).await.unwrap();
+    // Replacing keeps created_at and moves updated_at.
+    let again = f.store.secret_set(secret(SecretScope::User(ada.id), "A", b"two")).await.unwrap();
+    assert_eq!(again.created_at, first.created_at);
+    assert!(again.updated_at >= first.updated_at && again.ciphertext == b"two");
+    let user: Vec<String> =
+        f.store.secret_list(SecretScope::User(ada.id)).await.unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(user, ["A"]);
+    assert!(matches!(f.store.secret_delete(SecretScope::Instance, "nope").await, Err(StoreError::NotFound)));
+
+    let frozen = |name: &str| FrozenSecret {
+        workspace: ws.id,
+        name: name.into(),
+        kind: SecretKind::File,
+        scope: "user".into(),
+        nonce: vec![2; 12],
+        ciphertext: b"frozen".to_vec(),
+        frozen_at: Utc::now(),
+    };
+    f.store.workspace_secret_freeze(ws.id, vec![frozen("x"), frozen("y")]).await.unwrap();
+    f.store.workspace_secret_freeze(ws.id, vec![frozen("y")]).await.unwrap();
+    let set = f.store.workspace_secret_list(ws.id).await.unwrap();
+    assert_eq!(set.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["y"]);
+    assert_eq!(set[0].kind, SecretKind::File);
+
+    // Everything sealed is listed and rewritten at once.
+    f.store
+        .key_check_set(Sealed { what: SealedRef::KeyCheck, nonce: vec![3; 12], ciphertext: vec![9; 20] })
+        .await
+        .unwrap();
+    let all = f.store.sealed_list_all().await.unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    let rewrapped: Vec<Sealed> =
+        all.into_iter().map(|s| Sealed { nonce: vec![7; 12], ciphertext: b"new".to_vec(), what: s.what }).collect();
+    f.store.sealed_replace_all(rewrapped).await.unwrap();
+    let f = f.reopen().await;
+    let all = f.store.sealed_list_all().await.unwrap();
+    assert!(all.iter().all(|s| s.nonce == vec![7; 12] && s.ciphertext == b"new"), "{all:?}");
+    assert_eq!(f.store.key_check_get().await.unwrap().unwrap().ciphertext, b"new");
+
+    // A workspace takes its own secrets and its frozen set with it; the user's stay.
+    f.store.workspace_delete(ws.id).await.unwrap();
+    assert!(f.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().is_empty());
+    assert!(f.store.workspace_secret_list(ws.id).await.unwrap().is_empty());
+    assert_eq!(f.store.secret_list(SecretScope::User(ada.id)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn shares_and_sessions() {
+    let f = Fixture::new().await;
+    let ada = f.user("ada").await;
+    let bob = f.user("bob").await;
+    let ws = f.workspace(&ada, "api").await;
+    f.store.workspace_share_add(ws.id, bob.id).await.unwrap();
+    f.store.workspace_share_add(ws.id, bob.id).await.unwrap();
+    assert_eq!(names(&f.store.workspace_list_shared_with(bob.id).await.unwrap()), [("api".into(), "ada".into())]);
+    assert_eq!(f.store.workspace_share_list(ws.id).await.unwrap(), [(bob.id, name("bob"))]);
+    assert!(f.store.workspace_list_shared_with(ada.id).await.unwrap().is_empty());
+    assert!(matches!(f.store.workspace_share_add(ws.id, UserId::new_random()).await, Err(StoreError::NotFound)));
+    f.store.workspace_share_remove(ws.id, bob.id).await.unwrap();
+    assert!(matches!(f.store.workspace_share_remove(ws.id, bob.id).await, Err(StoreError::NotFound)));
+
+    let new = |n: &str| NewToken {
+        user: ada.id,
+        name: n.into(),
+        scope: cove_core::TokenScope::Write,
+        token_hash: format!("hash-{n}"),
+        expires_at: None,
+    };
+    let session = f.store.token_create(new("cli")).await.unwrap();
+    f.store.token_create(new("plain")).await.unwrap();
+    f.store.session_record(session.id, Some("10.0.0.1"), Some("cove-cli/1")).await.unwrap();
+    let sessions = f.store.session_list_by_user(ada.id).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!((sessions[0].token.id, sessions[0].peer.as_deref()), (session.id, Some("10.0.0.1")));
+    f.store.token_delete(ada.id, session.id).await.unwrap();
+    assert!(f.store.session_list_by_user(ada.id).await.unwrap().is_empty());
+}

@@ -101,6 +101,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub config_dir: PathBuf,
     pub engine: Engine,
+    /// Where the server's log (stderr) goes when set before a `spawn`; inherited otherwise.
+    pub log: Option<PathBuf>,
     child: Option<Child>,
     _dirs: tempfile::TempDir,
 }
@@ -131,6 +133,7 @@ impl TestServer {
             data_dir: dirs.path().join("data"),
             config_dir: dirs.path().join("config"),
             engine,
+            log: None,
             child: None,
             _dirs: dirs,
         };
@@ -156,7 +159,12 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(["--engine", &self.endpoint, "--instance", &self.instance, "--default-image", &self.image])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()),
+                None => Stdio::inherit(),
+            })
+            // A log kept for searching is kept at its most talkative.
+            .envs(self.log.as_ref().map(|_| ("COVE_LOG", "debug")))
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
