@@ -153,7 +153,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     let setup = async {
-        if let Some(source) = workspace_info(&control).await.and_then(|info| info.source) {
+        let info = workspace_info(&control).await;
+        if let Some(path) = info.as_ref().and_then(|info| info.devcontainer_path.as_deref()) {
+            lifecycle::choose_config(path);
+        }
+        if let Some(source) = info.and_then(|info| info.source) {
             if let clone::Outcome::Failed(message) = clone::ensure(&user, &source, &reporter).await {
                 // The workspace stays usable: the human can fix what failed.
                 println!("cove agent: {message}");

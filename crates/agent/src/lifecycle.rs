@@ -139,11 +139,25 @@ pub(crate) fn apply(command: &mut tokio::process::Command, env: &EnvOverrides) {
     }
 }
 
+/// devcontainer.json's path in the project, when the workspace was made with one: set once
+/// from the control plane's answer about the workspace, before anything reads the file.
+static CONFIG_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Remembers the workspace's chosen devcontainer.json (relative to `~/project`).
+pub fn choose_config(path: &str) {
+    let _ = CONFIG_PATH.set(PathBuf::from(path));
+}
+
+/// The project's devcontainer.json: the chosen one, or the specification's search order.
+fn find_config(project: &Path) -> Result<PathBuf, cove_devcontainer::Error> {
+    cove_devcontainer::find(project, CONFIG_PATH.get().map(PathBuf::as_path))
+}
+
 /// The project's configuration as Cove uses it, or `None` when the project has none.
 pub fn read(user: &WorkspaceUser) -> Result<Option<cove_devcontainer::DevContainer>, cove_devcontainer::Error> {
     use cove_devcontainer::Error;
     let project = user.home.join("project");
-    let file = match cove_devcontainer::find(&project, None) {
+    let file = match find_config(&project) {
         Ok(file) => file,
         Err(Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
@@ -339,10 +353,7 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
 /// older control plane, or none) the hooks run.
 pub async fn configured(user: &WorkspaceUser, control: &crate::control::Control, reporter: &StateReporter) -> bool {
     use cove_core::agent::{DevcontainerAction, DevcontainerAnswer, DevcontainerQuestion};
-    if matches!(
-        cove_devcontainer::find(&user.home.join("project"), None),
-        Err(cove_devcontainer::Error::NotFound { .. })
-    ) {
+    if matches!(find_config(&user.home.join("project")), Err(cove_devcontainer::Error::NotFound { .. })) {
         return true;
     }
     let Ok(spec_hash) = std::env::var("COVE_SPEC_HASH") else { return true };
@@ -399,10 +410,8 @@ async fn customize_editor(
     env: EnvOverrides,
 ) {
     let project = user.home.join("project");
-    let config_dir = cove_devcontainer::find(&project, None)
-        .ok()
-        .and_then(|file| file.parent().map(Path::to_path_buf))
-        .unwrap_or(project);
+    let config_dir =
+        find_config(&project).ok().and_then(|file| file.parent().map(Path::to_path_buf)).unwrap_or(project);
     let applied = crate::customize::apply(&user, editor.config(), &vscode, &config_dir, &env).await;
     if !applied.installed.is_empty() || editor.env_differs(&env) {
         editor.restart();

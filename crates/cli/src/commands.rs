@@ -98,6 +98,11 @@ pub struct CreateArgs {
     /// The branch to check out (default: the repository's).
     #[arg(long, requires = "repo")]
     branch: Option<String>,
+    /// The project's devcontainer.json, relative to the project, when it has several
+    /// (default: .devcontainer/devcontainer.json, .devcontainer.json, then
+    /// .devcontainer/<folder>/devcontainer.json).
+    #[arg(long, value_name = "PATH")]
+    devcontainer_path: Option<String>,
     /// Hand-off: a webhook Cove POSTs {workspace, url, ssh, message} to once the workspace
     /// is ready (signed: see `GET /api/v1/me/handoff-key`).
     #[arg(long, value_name = "URL")]
@@ -171,9 +176,11 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
         // What the server would refuse after the upload is refused before anything is made;
         // the rest (its policy) the server says once the files are there.
         use cove_devcontainer::Error as E;
-        if let Err(e @ (E::ComposeUnsupported { .. } | E::Syntax { .. })) =
-            cove_devcontainer::read_configuration(dir, None, &std::env::vars().collect())
-        {
+        if let Err(e @ (E::ComposeUnsupported { .. } | E::Syntax { .. })) = cove_devcontainer::read_configuration(
+            dir,
+            args.devcontainer_path.as_deref().map(std::path::Path::new),
+            &std::env::vars().collect(),
+        ) {
             bail!("workspace {} was not created: step 'read devcontainer.json' failed: {e}", args.name)
         }
     }
@@ -188,6 +195,9 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCod
     }
     if let Some(branch) = &args.branch {
         body["branch"] = json!(branch);
+    }
+    if let Some(path) = &args.devcontainer_path {
+        body["devcontainer_path"] = json!(path);
     }
     if let Some(notify) = &args.notify {
         body["handoff"] = json!({ "notify": notify, "message": args.message });

@@ -161,3 +161,39 @@ fn a_failing_entry_is_reported_by_name_and_the_workspace_stays_usable() {
     let logs = server.ok(&["logs", "broke"]);
     assert!(logs.contains("postCreateCommand[broken]: about to fail"), "{logs}");
 }
+
+#[test]
+fn devcontainer_path_chooses_among_several_configurations() {
+    let server = TestServer::start();
+    let base = Engine::base_image(&server.endpoint);
+    let dir = project(r#"{"postCreateCommand": "echo default > chosen.txt"}"#);
+    let other = dir.path().join(".devcontainer/other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(
+        other.join("devcontainer.json"),
+        r#"{"containerEnv": {"WHICH": "other"}, "postCreateCommand": "echo \"$WHICH\" > chosen.txt"}"#,
+    )
+    .unwrap();
+    let from = dir.path().to_str().unwrap();
+
+    // A path that leaves the project is refused before anything is made.
+    let out =
+        server.fails(&["create", "pick", "--from-dir", from, "--image", &base, "--devcontainer-path", "../x.json"]);
+    assert!(out.contains("must stay inside the project"), "{out}");
+    assert!(!server.ok(&["ls"]).contains("pick"), "a refused create left a workspace");
+
+    server.ok(&[
+        "create",
+        "pick",
+        "--from-dir",
+        from,
+        "--image",
+        &base,
+        "--devcontainer-path",
+        ".devcontainer/other/devcontainer.json",
+    ]);
+    let chosen = poll("the chosen configuration's postCreateCommand", WAIT, || {
+        lines(&server, "pick", "chosen.txt").into_iter().next()
+    });
+    assert_eq!(chosen, "other", "the default devcontainer.json ran instead of the chosen one");
+}

@@ -70,6 +70,9 @@ pub struct WorkspaceInfo {
     /// The repository to clone into `~/project` at the first start.
     #[serde(default)]
     pub source: Option<crate::RepoSource>,
+    /// devcontainer.json's path relative to `~/project`, when chosen at creation.
+    #[serde(default)]
+    pub devcontainer_path: Option<String>,
 }
 
 /// `POST /v1/devcontainer` on the control socket: the agent, before it runs the project's

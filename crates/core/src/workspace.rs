@@ -136,6 +136,29 @@ pub struct Workspace {
     /// The devcontainer.json last applied to the container and last seen in the volume.
     #[serde(default)]
     pub devcontainer: DevcontainerHashes,
+    /// devcontainer.json's path relative to `~/project`, when chosen at creation (a project
+    /// with several); `None`: the specification's search order.
+    #[serde(default)]
+    pub devcontainer_path: Option<String>,
+}
+
+/// Checks a devcontainer.json path given at creation: relative to the project, inside it,
+/// naming a `.json` file.
+pub fn check_devcontainer_path(path: &str) -> Result<(), String> {
+    let fix = "give the file's path inside the project, e.g. .devcontainer/python/devcontainer.json";
+    if path.is_empty() || path.len() > 1024 {
+        return Err(format!("devcontainer path must be 1 to 1024 characters; {fix}"));
+    }
+    let p = std::path::Path::new(path);
+    if p.is_absolute()
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+    {
+        return Err(format!("devcontainer path {path:?} must stay inside the project (no leading / or ..); {fix}"));
+    }
+    if !path.ends_with(".json") {
+        return Err(format!("devcontainer path {path:?} must name a .json file; {fix}"));
+    }
+    Ok(())
 }
 
 /// Content hashes of a project's dev container configuration (the file, its build inputs

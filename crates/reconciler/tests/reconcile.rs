@@ -56,6 +56,7 @@ impl World {
                 desired,
                 source: None,
                 handoff: None,
+                devcontainer_path: None,
             })
             .await
             .unwrap();
@@ -196,6 +197,7 @@ async fn a_missing_image_fails_with_a_clear_message() {
             desired: DesiredState::Running,
             source: None,
             handoff: None,
+            devcontainer_path: None,
         })
         .await
         .unwrap();

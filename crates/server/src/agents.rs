@@ -214,10 +214,13 @@ async fn report_activity(State(c): State<ControlState>, Json(report): Json<Activ
 /// What the agent needs to know about its workspace: its names and where its code comes from.
 async fn describe_workspace(State(c): State<ControlState>) -> Response {
     match c.state.store.workspace_get(c.workspace).await {
-        Ok(ws) => {
-            Json(WorkspaceInfo { name: ws.name.to_string(), owner: ws.owner_name.to_string(), source: ws.source })
-                .into_response()
-        }
+        Ok(ws) => Json(WorkspaceInfo {
+            name: ws.name.to_string(),
+            owner: ws.owner_name.to_string(),
+            source: ws.source,
+            devcontainer_path: ws.devcontainer_path,
+        })
+        .into_response(),
         Err(cove_store::StoreError::NotFound) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => {
             tracing::warn!(workspace = %c.workspace, error = %e, "cannot read a workspace for its agent");

@@ -394,7 +394,7 @@ async fn read(state: &AppState, ws: &Workspace, scratch: &Path) -> Result<Option
         .map_err(|e| format!("cannot unpack the project: {e}"))?;
     let _ = std::fs::remove_file(&archive);
     let root = unpacked.join("project");
-    let file = match cove_devcontainer::find(&root, None) {
+    let file = match cove_devcontainer::find(&root, ws.devcontainer_path.as_deref().map(Path::new)) {
         Ok(file) => file,
         Err(cove_devcontainer::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(virtual_paths(&e.to_string(), &root)),

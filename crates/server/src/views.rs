@@ -232,6 +232,8 @@ pub struct CreateWorkspace {
     /// A Git repository to clone into `~/project` at the first start, and its branch.
     pub repo: Option<String>,
     pub branch: Option<String>,
+    /// devcontainer.json's path inside the project, for a project with several.
+    pub devcontainer_path: Option<String>,
     /// Whom to tell (a webhook) once the workspace is ready.
     pub handoff: Option<HandoffRequest>,
 }

@@ -53,8 +53,21 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
         None => None,
     };
     let handoff = req.handoff.as_ref().map(|h| crate::handoff::parse(&h.notify, h.message.as_deref())).transpose()?;
+    if let Some(path) = &req.devcontainer_path {
+        cove_core::workspace::check_devcontainer_path(path).map_err(ApiError::InvalidRequest)?;
+    }
     crate::quotas::check_create(state, caller.id, &resources, desired).await?;
-    let new = NewWorkspace { name, owner: caller.id, image, resources, idle_timeout_seconds, desired, source, handoff };
+    let new = NewWorkspace {
+        name,
+        owner: caller.id,
+        image,
+        resources,
+        idle_timeout_seconds,
+        desired,
+        source,
+        handoff,
+        devcontainer_path: req.devcontainer_path,
+    };
     let ws = state.store.workspace_create(new).await?;
     // Before the reconciler hears of it: its agent's first start gets the frozen set.
     if let Err(e) = crate::secrets::freeze(state.store.as_ref(), &state.config.data_dir, &ws).await {

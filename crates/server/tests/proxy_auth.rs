@@ -109,6 +109,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
             desired: DesiredState::Running,
             source: None,
             handoff: None,
+            devcontainer_path: None,
         })
         .await
         .unwrap();
@@ -451,6 +452,7 @@ async fn a_script_waits_a_bounded_time_then_gets_503_with_retry_after() {
             desired: DesiredState::Stopped,
             source: None,
             handoff: None,
+            devcontainer_path: None,
         })
         .await
         .unwrap();
@@ -485,6 +487,7 @@ async fn a_wake_over_the_running_quota_is_refused_and_changes_nothing() {
             desired: DesiredState::Running,
             source: None,
             handoff: None,
+            devcontainer_path: None,
         })
         .await
         .unwrap();

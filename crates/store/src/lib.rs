@@ -78,6 +78,8 @@ pub struct NewWorkspace {
     pub source: Option<cove_core::RepoSource>,
     /// Whom to tell once the workspace is ready.
     pub handoff: Option<NewHandoff>,
+    /// devcontainer.json's path in `~/project`, when not found by the usual search.
+    pub devcontainer_path: Option<String>,
 }
 
 pub struct NewHandoff {

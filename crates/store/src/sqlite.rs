@@ -45,7 +45,7 @@ const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner
      w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_seconds, \
      w.desired, w.actual, w.message, w.generation, w.actual_generation, \
      w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind, w.repo_url, w.repo_branch, \
-     w.container_config, w.devcontainer_applied, w.devcontainer_seen \
+     w.container_config, w.devcontainer_applied, w.devcontainer_seen, w.devcontainer_path \
      FROM workspaces w JOIN users u ON u.id = w.owner_id";
 
 #[derive(Clone, Debug)]
@@ -464,8 +464,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO workspaces (id, name, owner_id, image, cpus_milli, memory_bytes, \
              disk_bytes, idle_timeout_seconds, desired, actual, message, generation, \
-             actual_generation, created_at, updated_at, repo_url, repo_branch) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?, ?, ?)",
+             actual_generation, created_at, updated_at, repo_url, repo_branch, devcontainer_path) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, 0, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(new.name.as_str())
@@ -481,6 +481,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(new.source.as_ref().map(|s| s.url.clone()))
         .bind(new.source.as_ref().and_then(|s| s.branch.clone()))
+        .bind(new.devcontainer_path.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -1273,6 +1274,7 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
             applied: row.try_get("devcontainer_applied")?,
             seen: row.try_get("devcontainer_seen")?,
         },
+        devcontainer_path: row.try_get("devcontainer_path")?,
     })
 }
 

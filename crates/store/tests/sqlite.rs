@@ -72,6 +72,7 @@ fn new_workspace(owner: UserId, workspace_name: &str) -> NewWorkspace {
         desired: DesiredState::Running,
         source: None,
         handoff: None,
+        devcontainer_path: None,
     }
 }
 

@@ -227,6 +227,9 @@ struct NewForm {
     branch: String,
     #[serde(default)]
     image: String,
+    /// devcontainer.json's path in the project; empty: the usual search.
+    #[serde(default)]
+    devcontainer: String,
     /// `cpus_milli:memory_bytes`, one of the presets.
     #[serde(default)]
     size: String,
@@ -306,8 +309,8 @@ async fn wizard(
 <label for=\"image\">Image <span class=\"muted\">(optional; default {default_image})</span></label>\
 <input id=\"image\" name=\"image\" placeholder=\"{default_image}\" value=\"{image}\">\
 <label for=\"devcontainer\">devcontainer.json path</label>\
-<input id=\"devcontainer\" name=\"devcontainer\" disabled placeholder=\".devcontainer/devcontainer.json\" aria-describedby=\"dc-hint\">\
-<p class=\"hint\" id=\"dc-hint\">Cove finds the repository's devcontainer.json in the usual places and runs its lifecycle commands; choosing another path and building its image comes with image builds.</p>\
+<input id=\"devcontainer\" name=\"devcontainer\" placeholder=\".devcontainer/devcontainer.json\" value=\"{devcontainer}\" aria-describedby=\"dc-hint\">\
+<p class=\"hint\" id=\"dc-hint\">Optional: Cove finds the project's devcontainer.json in the usual places, builds the image it names and runs its lifecycle commands. Give a path for a project with several.</p>\
 </fieldset>\
 <fieldset><legend>3. Size</legend>{quota_note}<div class=\"choices\">{sizes}</div></fieldset>\
 <fieldset><legend>4. Idle stop</legend><label for=\"idle\">Stop it after this long without use</label>\
@@ -322,6 +325,7 @@ async fn wizard(
         repo = escape(&form.repo),
         branch = escape(&form.branch),
         image = escape(&form.image),
+        devcontainer = escape(&form.devcontainer),
         default_image = escape(&state.config.default_image),
     );
     page_with_status(status, session, "New workspace", &body)
@@ -363,6 +367,7 @@ async fn create(State(state): State<AppState>, session: Session, Form(form): For
         start: Some(true),
         repo: if from_repo { non_empty(&form.repo) } else { None },
         branch: if from_repo { non_empty(&form.branch) } else { None },
+        devcontainer_path: non_empty(&form.devcontainer),
         handoff: None,
     };
     if from_repo && request.repo.is_none() {
