@@ -13,6 +13,9 @@
 mod account;
 mod admin;
 pub mod csrf;
+mod secrets;
+mod sessions;
+mod sharing;
 pub mod usage;
 mod workspaces;
 
@@ -44,6 +47,9 @@ pub fn router() -> Router<AppState> {
         .merge(account::router())
         .merge(admin::router())
         .merge(usage::router())
+        .merge(secrets::router())
+        .merge(sessions::router())
+        .merge(sharing::router())
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -115,7 +121,7 @@ pub fn page_with_status(status: StatusCode, session: &Session, title: &str, body
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · Cove</title>\
 <link rel=\"stylesheet\" href=\"/assets/dashboard.css\"><script src=\"/assets/dashboard.js\" defer></script></head>\
 <body><a class=\"skip\" href=\"#main\">Skip to content</a><header><nav aria-label=\"Main\"><a class=\"brand\" href=\"/\">Cove</a><ul>\
-<li><a href=\"/\">Workspaces</a></li><li><a href=\"/new\">New workspace</a></li><li><a href=\"/tokens\">API tokens</a></li>\
+<li><a href=\"/\">Workspaces</a></li><li><a href=\"/new\">New workspace</a></li><li><a href=\"/secrets\">Secrets</a></li><li><a href=\"/tokens\">API tokens</a></li><li><a href=\"/sessions\">Sessions</a></li>\
 <li><a href=\"/usage\">Usage</a></li>{admin}</ul>\
 <form method=\"post\" action=\"/logout\" class=\"inline\">{csrf}<span class=\"muted\">Logged in as {user}.</span> \
 <button type=\"submit\">Log out</button></form></nav></header><main id=\"main\">{body}</main></body></html>",

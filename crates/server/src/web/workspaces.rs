@@ -422,6 +422,8 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
         )
     };
     let apps = apps_html(&state, &session, &ws, owner).await;
+    let secrets = super::secrets::workspace_section(&state, &session, &ws, &k).await;
+    let sharing = super::sharing::section(&state, &session, &ws, &k).await;
     let source = match (&v.repo, &v.branch) {
         (Some(r), Some(b)) => format!("{} (branch {})", escape(r), escape(b)),
         (Some(r), None) => escape(r),
@@ -438,7 +440,7 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
 <dt>Agent</dt><dd data-field=\"agent\">{agent}</dd>\
 <dt>Sessions</dt><dd data-field=\"sessions\">{sessions}</dd></dl></section>\
 <section aria-labelledby=\"h-actions\"><h2 id=\"h-actions\">Actions</h2>{open}{actions}</section>\
-<section aria-labelledby=\"h-apps\"><h2 id=\"h-apps\">Apps and ports</h2>{apps}</section>\
+<section aria-labelledby=\"h-apps\"><h2 id=\"h-apps\">Apps and ports</h2>{apps}</section>{sharing}{secrets}\
 <section aria-labelledby=\"h-spec\"><h2 id=\"h-spec\">Settings</h2><dl class=\"facts\">\
 <dt>Image</dt><dd><code>{image}</code></dd><dt>Repository</dt><dd>{source}</dd>\
 <dt>Size</dt><dd>{cpus} CPU, {memory}</dd><dt>Idle stop</dt><dd>after {idle}</dd><dt>Id</dt><dd><code id=\"ws-id\">{id}</code></dd></dl></section>\
