@@ -37,7 +37,7 @@ async fn list(State(state): State<AppState>, session: Session) -> Response {
                 "<tr data-session=\"{id}\"><td data-label=\"Created\">{created}{badge}</td><td data-label=\"Last used\">{used}</td>\
 <td data-label=\"Address\">{address}</td><td data-label=\"User agent\">{agent}</td><td>\
 <form method=\"post\" action=\"/sessions/{id}/revoke\" class=\"inline\" data-confirm=\"{confirm}\">{csrf}\
-<button type=\"submit\" class=\"danger\">Revoke<span class=\"sr-only\"> the session created {created_text}</span></button></form></td></tr>",
+<button type=\"submit\" class=\"danger\">Revoke<span class=\"sr-only\"> the session created {created_text} ({agent})</span></button></form></td></tr>",
                 id = escape(&s.id),
                 created = when(s.created_at),
                 created_text = s.created_at.format("%Y-%m-%d %H:%M UTC"),
