@@ -90,13 +90,13 @@ fn set_forms(session: &Session, action: &str, id: &str, scopes: bool, name: &str
 <input type=\"hidden\" name=\"kind\" value=\"env\">\
 <label for=\"{id}-env-name\">Name</label><input id=\"{id}-env-name\" name=\"name\" required maxlength=\"128\" autocomplete=\"off\" \
 pattern=\"[A-Za-z_][A-Za-z0-9_]*\" value=\"{name}\" aria-describedby=\"{id}-env-hint\">\
-<p class=\"hint\" id=\"{id}-env-hint\">Letters, digits and _, not starting with a digit.</p>\
+<p class=\"hint\" id=\"{id}-env-hint\">Letters, digits and <code>_</code>, not starting with a digit.</p>\
 <label for=\"{id}-env-value\">Value</label><input id=\"{id}-env-value\" name=\"value\" type=\"password\" autocomplete=\"new-password\" required>\
 {env_scope}<p><button type=\"submit\" class=\"primary\">Set variable</button></p></fieldset></form>\
 <form method=\"post\" action=\"{action}\" id=\"{id}-file\"><fieldset><legend>File</legend>{csrf}\
 <input type=\"hidden\" name=\"kind\" value=\"file\">\
 <label for=\"{id}-file-name\">File name</label><input id=\"{id}-file-name\" name=\"name\" required maxlength=\"128\" autocomplete=\"off\" \
-aria-describedby=\"{id}-file-hint\"><p class=\"hint\" id=\"{id}-file-hint\">It appears as /run/cove/secrets/NAME; letters, digits, '.', '_' and '-'.</p>\
+aria-describedby=\"{id}-file-hint\"><p class=\"hint\" id=\"{id}-file-hint\">It appears as /run/cove/secrets/NAME; letters, digits, <code>.</code> <code>_</code> <code>-</code>.</p>\
 <label for=\"{id}-file-value\">Content</label><textarea id=\"{id}-file-value\" name=\"value\" rows=\"4\" autocomplete=\"off\" spellcheck=\"false\" required></textarea>\
 {file_scope}<p><button type=\"submit\" class=\"primary\">Set file</button></p></fieldset></form></div>\
 <p class=\"hint\">Values are encrypted and never shown again. A workspace gets the secrets as they were when it was created; \
