@@ -14,6 +14,7 @@
 // /usr/bin/chromium), DEADLINE_MS (default 90000).
 // Screenshots: dashboard-01-empty.png, -02-wizard.png, -03-running.png, -04-terminal.png,
 // -05-stopped.png, -06-usage.png, -07-narrow.png, -08-member.png, -09-secrets.png,
+// -10-workspace-secrets.png,
 // dash-failure.png. SECRET_NAME / SECRET_VALUE (defaults DASH_TOKEN / a fixed string):
 // the secret the Secrets page sets.
 // Prints one JSON line (with "posts", the forms the browser sent, for diagnosis); exit 0
@@ -44,6 +45,9 @@ const summary = {
   secretKind: null,
   secretValueInPage: null,
   secretFieldEmpty: null,
+  frozenBeforeRefresh: null,
+  frozenAfterRefresh: false,
+  workspacePageHasValue: null,
   memberListHasIt: null,
   memberPageStatus: null,
   memberIdPageStatus: null,
@@ -151,6 +155,17 @@ await session('dash', summary, { width: 1100, height: 800 }, async ({ page, shot
   summary.secretValueInPage = (await page.content()).includes(secretValue);
   summary.secretFieldEmpty = (await page.getByLabel('Value', { exact: true }).inputValue()) === '';
   await shot('dashboard-09-secrets.png');
+
+  // The workspace was made before the secret: "Refresh secrets" on its page takes it.
+  await page.goto(`${base}/w/${wsName}`, { waitUntil: 'domcontentloaded' });
+  summary.frozenBeforeRefresh = (await page.locator('#secrets').innerText()).includes(secretName);
+  await page.getByRole('button', { name: 'Refresh secrets' }).click();
+  await until('the frozen set to list the secret', async () =>
+    (await page.locator('#frozen').innerText()).includes(secretName));
+  summary.frozenAfterRefresh = true;
+  summary.workspacePageHasValue = (await page.content()).includes(secretValue);
+  await page.locator('#sharing').scrollIntoViewIfNeeded();
+  await shot('dashboard-10-workspace-secrets.png');
 
   // A phone-sized screen: the list stacks.
   await page.setViewportSize({ width: 390, height: 800 });

@@ -1,7 +1,8 @@
 //! The web dashboard end to end: a real server on Podman, driven by headless Chromium
 //! (`tests/browser/dashboard.mjs`): log in, create a workspace through the wizard, see it
 //! reach Running live, open its terminal, stop it, read the usage page, set a secret on the
-//! Secrets page (listed, its value nowhere in the page); another member sees none of it. Screenshots go to `target/browser/dashboard-*.png`.
+//! Secrets page (listed, its value nowhere in the page) and take it into the workspace
+//! with "Refresh secrets"; another member sees none of it. Screenshots go to `target/browser/dashboard-*.png`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -64,6 +65,9 @@ fn a_browser_creates_watches_opens_stops_and_costs_a_workspace_and_another_membe
     assert_eq!(summary["secretKind"], "environment variable", "{summary}");
     assert_eq!(summary["secretValueInPage"], false, "{summary}");
     assert_eq!(summary["secretFieldEmpty"], true, "{summary}");
+    assert_eq!(summary["frozenBeforeRefresh"], false, "made before the secret: {summary}");
+    assert_eq!(summary["frozenAfterRefresh"], true, "{summary}");
+    assert_eq!(summary["workspacePageHasValue"], false, "{summary}");
     assert_eq!(summary["memberListHasIt"], false, "{summary}");
     assert_eq!(summary["memberPageStatus"], 404, "{summary}");
     assert_eq!(summary["memberIdPageStatus"], 404, "{summary}");
