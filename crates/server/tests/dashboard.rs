@@ -428,7 +428,7 @@ async fn the_secrets_pages_set_list_and_delete_secrets_and_never_show_a_value() 
     assert!(page.contains("Refresh secrets") && page.contains("next start"), "{page}");
     let a = d.post(&alice, "/w/web/secrets", &format!("csrf={token}&kind=env&name=DB_URL&value={VALUE}-ws")).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(a.headers[header::LOCATION], "/w/web#secrets");
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=secret-set#secrets");
     assert_eq!(d.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().len(), 1);
     assert!(d.get(&alice, "/w/web").await.body.contains("data-secret=\"DB_URL\""));
     let frozen = |d: &Dash| {
@@ -622,8 +622,13 @@ async fn sharing_from_the_workspace_page_shows_up_for_the_other_user() {
     assert!(a.body.contains("owns workspace web"), "{}", a.body);
     let a = d.post(&alice, "/w/web/shares", &format!("csrf={token}&user=bob")).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(a.headers[header::LOCATION], "/w/web#sharing");
-    assert!(d.get(&alice, "/w/web").await.body.contains("data-share=\"bob\""));
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=shared#sharing");
+    let page = d.get(&alice, "/w/web?done=shared").await.body;
+    assert!(page.contains("data-share=\"bob\"") && page.contains("role=\"status\">Shared."), "{page}");
+    // The notice is one of a fixed few: a made-up one shows nothing.
+    let page = d.get(&alice, "/w/web?done=%3Cb%3Ehi").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("class=\"notice\"") && !page.body.contains("<b>hi"), "{}", page.body);
     let list = d.get(&bob, "/").await.body;
     assert!(list.contains("shared by alice"), "{list}");
 

@@ -181,6 +181,19 @@ pub fn message_page(session: &Session, status: StatusCode, title: &str, message:
     page_with_status(status, session, title, &body)
 }
 
+/// The notice for `?done=WORD` after a form on a workspace's page; unknown words show nothing.
+pub fn done_notice(word: &str) -> Option<String> {
+    let text = match word {
+        "secrets-refreshed" => "Secrets refreshed: the workspace gets the current set at its next start.",
+        "secret-set" => "Secret set. The workspace gets it after a refresh and its next start.",
+        "secret-deleted" => "Secret deleted. The workspace keeps its frozen copy until refreshed.",
+        "shared" => "Shared.",
+        "unshared" => "No longer shared with that user.",
+        _ => return None,
+    };
+    Some(format!("<p class=\"notice\" role=\"status\">{text}</p>"))
+}
+
 /// An error shown above a form that is shown again.
 pub fn alert(message: Option<&str>) -> String {
     message.map(|m| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(m))).unwrap_or_default()

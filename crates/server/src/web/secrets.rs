@@ -273,8 +273,8 @@ pub async fn workspace_section(state: &AppState, session: &Session, ws: &Workspa
     )
 }
 
-fn back(key_: &str) -> Response {
-    see_other(&format!("/w/{}#secrets", cove_core::percent_encode(key_)))
+fn back(key_: &str, done: &str) -> Response {
+    see_other(&format!("/w/{}?done={done}#secrets", cove_core::percent_encode(key_)))
 }
 
 /// A refused form on a workspace's page: the API's words (a missing workspace stays the
@@ -301,7 +301,7 @@ async fn set_workspace(
         Err(e) => Err(e),
     };
     match result {
-        Ok(_) => back(&key_),
+        Ok(_) => back(&key_, "secret-set"),
         Err(e) => refused(&session, &e),
     }
 }
@@ -313,14 +313,14 @@ async fn remove_workspace(
     Form(form): Form<NameForm>,
 ) -> Response {
     match secrets_api::remove_workspace(State(state), session.caller(), Path((key_.clone(), form.name))).await {
-        Ok(_) => back(&key_),
+        Ok(_) => back(&key_, "secret-deleted"),
         Err(e) => refused(&session, &e),
     }
 }
 
 async fn refresh(State(state): State<AppState>, session: Session, Path(key_): Path<String>) -> Response {
     match secrets_api::refresh(State(state), session.caller(), Path(key_.clone())).await {
-        Ok(_) => back(&key_),
+        Ok(_) => back(&key_, "secrets-refreshed"),
         Err(e) => refused(&session, &e),
     }
 }

@@ -59,9 +59,9 @@ struct UserForm {
     user: String,
 }
 
-fn done(session: &Session, key_: &str, result: Result<impl Sized, ApiError>) -> Response {
+fn done(session: &Session, key_: &str, word: &str, result: Result<impl Sized, ApiError>) -> Response {
     match result {
-        Ok(_) => see_other(&format!("/w/{}#sharing", cove_core::percent_encode(key_))),
+        Ok(_) => see_other(&format!("/w/{}?done={word}#sharing", cove_core::percent_encode(key_))),
         // "no user named x" is worth saying; a missing workspace stays the one "not found" page.
         Err(ApiError::NotFound(m)) if !m.starts_with("workspace ") => {
             message_page(session, StatusCode::NOT_FOUND, "Cannot do that", &m)
@@ -81,7 +81,7 @@ async fn add(
         return error_page(&session, &ApiError::InvalidRequest("give the name of a user to share it with".into()));
     }
     let result = access::add_share(State(state), session.caller(), Path((key_.clone(), user))).await;
-    done(&session, &key_, result)
+    done(&session, &key_, "shared", result)
 }
 
 async fn remove(
@@ -91,5 +91,5 @@ async fn remove(
     Form(form): Form<UserForm>,
 ) -> Response {
     let result = access::remove_share(State(state), session.caller(), Path((key_.clone(), form.user))).await;
-    done(&session, &key_, result)
+    done(&session, &key_, "unshared", result)
 }

@@ -377,7 +377,18 @@ async fn create(State(state): State<AppState>, session: Session, Form(form): For
     }
 }
 
-async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// What a form on this page just did (a fixed word, never text to show as is).
+    done: Option<String>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(key_): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
     let caller = session.caller();
     let ws = match workspaces::resolve(&state, &caller.0, &key_).await {
         Ok(ws) => ws,
@@ -432,7 +443,7 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
     let idle =
         if v.idle_timeout_seconds == 0 { "never".into() } else { format_duration(u64::from(v.idle_timeout_seconds)) };
     let body = format!(
-        "<h1>{name}</h1><p class=\"muted\">Owned by {owner_name}. Created {created}.</p>\
+        "<h1>{name}</h1>{done}<p class=\"muted\">Owned by {owner_name}. Created {created}.</p>\
 <section aria-labelledby=\"h-state\" data-live-ws=\"{id}\"><h2 id=\"h-state\">State</h2><dl class=\"facts\">\
 <dt>State</dt><dd><span class=\"state state-{actual}\" id=\"ws-state\" data-field=\"state\" aria-live=\"polite\">{state}</span></dd>\
 <dt>Message</dt><dd data-field=\"message\">{message}</dd>\
@@ -447,6 +458,7 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
 <section aria-labelledby=\"h-logs\"><h2 id=\"h-logs\">Logs</h2>\
 <pre id=\"logs\" class=\"logs\" tabindex=\"0\" data-src=\"/w/{k}/logs\" aria-label=\"Workspace logs\">Logs appear here while the workspace has a container.</pre></section>",
         name = escape(ws.name.as_str()),
+        done = q.done.as_deref().and_then(super::done_notice).unwrap_or_default(),
         owner_name = escape(ws.owner_name.as_str()),
         created = when(ws.created_at),
         id = ws.id,
