@@ -14,7 +14,7 @@
 // /usr/bin/chromium), DEADLINE_MS (default 90000).
 // Screenshots: dashboard-01-empty.png, -02-wizard.png, -03-running.png, -04-terminal.png,
 // -05-stopped.png, -06-usage.png, -07-narrow.png, -08-member.png, -09-secrets.png,
-// -10-workspace-secrets.png,
+// -10-workspace-secrets.png, -11-sessions.png,
 // dash-failure.png. SECRET_NAME / SECRET_VALUE (defaults DASH_TOKEN / a fixed string):
 // the secret the Secrets page sets.
 // Prints one JSON line (with "posts", the forms the browser sent, for diagnosis); exit 0
@@ -48,6 +48,8 @@ const summary = {
   frozenBeforeRefresh: null,
   frozenAfterRefresh: false,
   workspacePageHasValue: null,
+  sessionsMarked: null,
+  sessionAgent: null,
   memberListHasIt: null,
   memberPageStatus: null,
   memberIdPageStatus: null,
@@ -166,6 +168,14 @@ await session('dash', summary, { width: 1100, height: 800 }, async ({ page, shot
   summary.workspacePageHasValue = (await page.content()).includes(secretValue);
   await page.locator('#sharing').scrollIntoViewIfNeeded();
   await shot('dashboard-10-workspace-secrets.png');
+
+  // The Sessions page: this browser's login is listed and marked.
+  await page.getByRole('link', { name: 'Sessions', exact: true }).click();
+  await page.locator('h1', { hasText: 'Sessions' }).waitFor({ timeout: 30000 });
+  const mine = page.locator('tr[data-session]', { has: page.locator('.badge', { hasText: 'this session' }) });
+  summary.sessionsMarked = await mine.count();
+  summary.sessionAgent = (await mine.first().locator('td[data-label="User agent"]').innerText()).trim();
+  await shot('dashboard-11-sessions.png');
 
   // A phone-sized screen: the list stacks.
   await page.setViewportSize({ width: 390, height: 800 });

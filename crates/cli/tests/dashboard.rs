@@ -2,7 +2,8 @@
 //! (`tests/browser/dashboard.mjs`): log in, create a workspace through the wizard, see it
 //! reach Running live, open its terminal, stop it, read the usage page, set a secret on the
 //! Secrets page (listed, its value nowhere in the page) and take it into the workspace
-//! with "Refresh secrets"; another member sees none of it. Screenshots go to `target/browser/dashboard-*.png`.
+//! with "Refresh secrets", see its own login marked on the Sessions page; another member
+//! sees none of it. Screenshots go to `target/browser/dashboard-*.png`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -68,6 +69,8 @@ fn a_browser_creates_watches_opens_stops_and_costs_a_workspace_and_another_membe
     assert_eq!(summary["frozenBeforeRefresh"], false, "made before the secret: {summary}");
     assert_eq!(summary["frozenAfterRefresh"], true, "{summary}");
     assert_eq!(summary["workspacePageHasValue"], false, "{summary}");
+    assert_eq!(summary["sessionsMarked"], 1, "{summary}");
+    assert!(summary["sessionAgent"].as_str().unwrap().contains("Chrome"), "the browser's own user agent: {summary}");
     assert_eq!(summary["memberListHasIt"], false, "{summary}");
     assert_eq!(summary["memberPageStatus"], 404, "{summary}");
     assert_eq!(summary["memberIdPageStatus"], 404, "{summary}");
