@@ -41,6 +41,13 @@ impl Control {
         self.exchange(Method::POST, path, Bytes::from(body)).await.map(|_| ())
     }
 
+    /// A question with a body and an answer.
+    pub async fn ask<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+        let body = serde_json::to_vec(body).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let answer = self.exchange(Method::POST, path, Bytes::from(body)).await?;
+        serde_json::from_slice(&answer).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+
     /// `None` when the control plane answers 404 (it has nothing for this question).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ControlError> {
         match self.exchange(Method::GET, path, Bytes::new()).await {

@@ -170,7 +170,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
         };
-        if reporter.current() == AgentState::Failed {
+        if reporter.current() != AgentState::Failed && !lifecycle::configured(&user, &control, &reporter).await {
+            // The control plane is replacing this container, or could not apply the
+            // configuration (the state says why): the hooks are not for this container.
+            ready();
+        } else if reporter.current() == AgentState::Failed {
             // Without the code its hooks are not there to run.
             ready();
         } else {

@@ -14,9 +14,12 @@
 //! Cove keeps the code in `~/project`, so both `${localWorkspaceFolder}` and
 //! `${containerWorkspaceFolder}` are `~/project` (a `workspaceFolder` in the file is
 //! overridden), and a configuration without `image` or `build` is fine: the image is
-//! whatever the workspace runs. `initializeCommand` runs on the reference's host; Cove has
-//! no such step and ignores it. `containerEnv` and `remoteEnv` are added to the
-//! environment of the hooks and of the terminal's and SSH's processes ([`Lifecycle::apply_env`]).
+//! whatever the workspace runs. `initializeCommand` runs on the Cove host, the control
+//! plane's business (`server::devcontainers`), never here. `containerEnv` and `remoteEnv`
+//! are added to the environment of the hooks and of the terminal's and SSH's processes
+//! ([`Lifecycle::apply_env`]).
+//! Before the hooks, [`configured`] waits until the control plane says this container is the
+//! one the configuration wants (it may build an image and replace the container first).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -327,6 +330,64 @@ pub fn start(agent: &Agent, reporter: StateReporter, ready: impl FnOnce() + Send
         agent.lifecycle.lock().post_attach = config.lifecycle.post_attach.clone();
         call_ready();
     });
+}
+
+/// Before the hooks: asks the control plane whether this container is the one the project's
+/// devcontainer.json wants (it may build an image and replace the container first), and
+/// waits while it works, passing its progress on as the agent's state. `true` to run the
+/// hooks here. Without a configuration there is nothing to ask; without an answer (an
+/// older control plane, or none) the hooks run.
+pub async fn configured(user: &WorkspaceUser, control: &crate::control::Control, reporter: &StateReporter) -> bool {
+    use cove_core::agent::{DevcontainerAction, DevcontainerAnswer, DevcontainerQuestion};
+    if matches!(
+        cove_devcontainer::find(&user.home.join("project"), None),
+        Err(cove_devcontainer::Error::NotFound { .. })
+    ) {
+        return true;
+    }
+    let Ok(spec_hash) = std::env::var("COVE_SPEC_HASH") else { return true };
+    let mut first = true;
+    let mut last = None;
+    let mut errors = 0;
+    loop {
+        let question = DevcontainerQuestion { spec_hash: spec_hash.clone(), first };
+        match control.ask::<_, DevcontainerAnswer>("/v1/devcontainer", &question).await {
+            Ok(answer) => {
+                first = false;
+                errors = 0;
+                match answer.action {
+                    DevcontainerAction::Proceed => return true,
+                    DevcontainerAction::Failed => {
+                        let message = answer.message.unwrap_or_else(|| "applying devcontainer.json failed".into());
+                        println!("cove agent: {message}");
+                        reporter.report(AgentState::Failed, Some(message));
+                        return false;
+                    }
+                    DevcontainerAction::Wait => {
+                        let message = answer.message.map(|m| format!("devcontainer.json: {m}"));
+                        if message != last {
+                            if let Some(m) = &message {
+                                println!("cove agent: {m}");
+                            }
+                            reporter.report(AgentState::Starting, message.clone());
+                            last = message;
+                        }
+                    }
+                }
+            }
+            Err(crate::control::ControlError::Refused { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+                return true
+            }
+            Err(e) => {
+                errors += 1;
+                if errors > 30 {
+                    println!("cove agent: cannot ask the control plane about devcontainer.json ({e}); running the hooks here");
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `customizations.vscode` into the editor, which restarts when it has new extensions or

@@ -168,6 +168,14 @@ impl WaitArgs {
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.from_dir {
         crate::push::check_dir(dir, "project")?;
+        // What the server would refuse after the upload is refused before anything is made;
+        // the rest (its policy) the server says once the files are there.
+        use cove_devcontainer::Error as E;
+        if let Err(e @ (E::ComposeUnsupported { .. } | E::Syntax { .. })) =
+            cove_devcontainer::read_configuration(dir, None, &std::env::vars().collect())
+        {
+            bail!("workspace {} was not created: step 'read devcontainer.json' failed: {e}", args.name)
+        }
     }
     // With a folder to fill it from, the workspace is made stopped, filled, then started.
     let start = !args.stopped && args.from_dir.is_none();
@@ -260,9 +268,13 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<ExitCode> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|w| {
+            let mut state = state_text(w);
+            if w.rebuild_needed {
+                state.push_str(" (rebuild needed)");
+            }
             let mut row = vec![
                 w.name.clone(),
-                state_text(w),
+                state,
                 w.image.clone(),
                 format!("{}/{}", w.cpus, format_size(w.memory_bytes)),
                 age(w.created_at, now),
@@ -317,6 +329,15 @@ pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<ExitCode> {
     ];
     if let Some(m) = &w.message {
         lines.push(("message", m.clone()));
+    }
+    if w.rebuild_needed {
+        lines.push(("rebuild", format!("needed: devcontainer.json changed; run `cove rebuild {}`", w.name)));
+    }
+    if let Some(b) = w.devcontainer.as_ref().and_then(|d| d.build.as_ref()) {
+        lines.push((
+            "devcontainer",
+            format!("{}{}", b.state, b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()),
+        ));
     }
     lines.extend([
         ("image", w.image.clone()),
@@ -374,6 +395,89 @@ pub async fn stop(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> 
 
 pub async fn restart(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
     change(client, args, DesiredState::RestartRequested, Goal::Running).await
+}
+
+/// `cove rebuild`: the server reads devcontainer.json from the volume again and applies it;
+/// its progress (the build's output) is printed as it comes, then the replaced container
+/// is waited for.
+pub async fn rebuild(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/workspaces/{}", percent_encode(&args.name));
+    let before: WorkspaceView = client.json(Method::POST, &format!("{path}/rebuild"), None::<&()>).await?;
+    if args.wait.no_wait {
+        eprintln!("{}: rebuilding (follow it with `cove show {}`)", args.name, args.name);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = std::time::Instant::now() + args.wait.timeout();
+    let mut printed = 0;
+    let mut last_message = None;
+    let build = loop {
+        let ws: WorkspaceView = client.get(&path).await?;
+        let build = ws.devcontainer.and_then(|d| d.build);
+        if let Some(b) = &build {
+            for line in b.log.iter().skip(printed.min(b.log.len())) {
+                eprintln!("  {line}");
+            }
+            printed = printed.max(b.log.len());
+            if b.message != last_message && b.log.is_empty() {
+                if let Some(m) = &b.message {
+                    eprintln!("{}: {m}", args.name);
+                }
+            }
+            last_message = b.message.clone();
+            if !matches!(b.state.as_str(), "checking" | "building") {
+                break b.clone();
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{}: the rebuild did not finish in time; follow it with `cove show {}`",
+                args.name,
+                args.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let message = build.message.clone().unwrap_or_default();
+    match build.state.as_str() {
+        "failed" => anyhow::bail!("{message}"),
+        "none" => anyhow::bail!("{}: {message}; nothing to rebuild", args.name),
+        _ => eprintln!("{}: {message}", args.name),
+    }
+    for note in &build.notes {
+        eprintln!("{}: note: {note}", args.name);
+    }
+    if build.state == "applied" && before.desired_state != DesiredState::Stopped {
+        // The old container's agent may still say ready: wait for a report from after the apply.
+        let applied_at = Utc::now();
+        eprintln!("{}: replacing the container (the volume stays)", args.name);
+        loop {
+            let ws: WorkspaceView = client.get(&path).await?;
+            if let Some(agent) = ws.agent.as_ref().filter(|a| a.reported_at > applied_at) {
+                match agent.state {
+                    cove_core::agent::AgentState::Ready if ws.actual_state == cove_core::ActualState::Running => {
+                        eprintln!("{}: {}", ws.name, ws.actual_state);
+                        break;
+                    }
+                    cove_core::agent::AgentState::Failed => bail!(
+                        "workspace {} runs, but setting it up failed: {} (it stays usable: `cove ssh {}`)",
+                        ws.name,
+                        agent.message.as_deref().unwrap_or("no details"),
+                        ws.name
+                    ),
+                    _ => {}
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{}: the new container is not ready in time; follow it with `cove show {}`",
+                    args.name,
+                    args.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rm(client: &Client, args: StateArgs) -> anyhow::Result<ExitCode> {

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API, reconciler and store.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run only the workspace proxy, next to a server on the same data directory.
     Proxy(ProxyArgs),
     /// Log in to a Cove server and save its URL and a new token.
@@ -77,6 +77,8 @@ enum Remote {
     Stop(commands::StateArgs),
     /// Stop and start a workspace again.
     Restart(commands::StateArgs),
+    /// Apply a changed devcontainer.json (new image, env, mounts); the files stay.
+    Rebuild(commands::StateArgs),
     /// Delete a workspace with its container and volume.
     #[command(alias = "delete")]
     Rm(commands::StateArgs),
@@ -179,6 +181,18 @@ struct ServerArgs {
     /// Milliseconds between checks for idle workspaces.
     #[arg(long, default_value_t = 10_000)]
     idle_check_interval_ms: u64,
+    /// Let devcontainer.json's `initializeCommand` run on this host (host code execution).
+    #[arg(long, env = "COVE_ALLOW_INITIALIZE_COMMAND")]
+    allow_initialize_command: bool,
+    /// Host path prefixes devcontainer.json bind mounts may come from (repeatable).
+    #[arg(long = "allow-bind", value_name = "PATH")]
+    allow_binds: Vec<String>,
+    /// Let devcontainer.json ask for privileged containers and any security option.
+    #[arg(long)]
+    allow_privileged: bool,
+    /// Capabilities devcontainer.json `capAdd` may name (repeatable), e.g. SYS_PTRACE.
+    #[arg(long = "allow-cap-add", value_name = "CAP")]
+    allow_cap_add: Vec<String>,
     #[command(flatten)]
     oidc: OidcArgs,
 }
@@ -339,7 +353,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (url, token) = (cli.url, cli.token);
     match cli.command {
-        Command::Server(args) => server(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Server(args) => server(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Proxy(args) => proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Login(args) => commands::login(url, args).await,
         Command::Image(c) => commands::image(c).await,
@@ -373,6 +387,7 @@ async fn remote(client: &client::Client, command: Remote) -> anyhow::Result<Exit
         Remote::Start(a) => commands::start(client, a).await,
         Remote::Stop(a) => commands::stop(client, a).await,
         Remote::Restart(a) => commands::restart(client, a).await,
+        Remote::Rebuild(a) => commands::rebuild(client, a).await,
         Remote::Rm(a) => commands::rm(client, a).await,
         Remote::Set(a) => commands::set(client, a).await,
         Remote::Exec(a) => commands::exec(client, a).await,
@@ -451,6 +466,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.reconcile = cove_reconciler_config(args.reconcile_interval_ms, args.max_backoff_ms);
     config.idle_check_interval = std::time::Duration::from_millis(args.idle_check_interval_ms.max(100));
     config.activity_flush_interval = config.idle_check_interval.min(std::time::Duration::from_secs(5));
+    config.devcontainer_policy = cove_devcontainer::Policy {
+        allow_binds: args.allow_binds,
+        allow_privileged: args.allow_privileged,
+        allow_cap_add: args.allow_cap_add,
+        allow_initialize_command: args.allow_initialize_command,
+        max: None,
+    };
     config.oidc = args.oidc.config()?;
     let server = cove_server::start(config).await?;
     for note in &server.notes {

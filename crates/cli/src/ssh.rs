@@ -370,10 +370,12 @@ pub async fn ports(client: &Client, args: PortsArgs) -> anyhow::Result<ExitCode>
                 (Some(name), Some(pid)) => format!("{name} ({pid})"),
                 _ => "-".into(),
             };
-            vec![p["port"].to_string(), addresses.join(", "), process]
+            let address = if addresses.is_empty() { "(not listening)".to_string() } else { addresses.join(", ") };
+            let label = p["label"].as_str().filter(|l| !l.is_empty()).unwrap_or("-").to_string();
+            vec![p["port"].to_string(), address, process, label]
         })
         .collect();
-    println!("{}", table(&["PORT", "ADDRESS", "PROCESS"], &rows));
+    println!("{}", table(&["PORT", "ADDRESS", "PROCESS", "LABEL"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,37 @@ pub struct WorkspaceInfo {
     pub source: Option<crate::RepoSource>,
 }
 
+/// `POST /v1/devcontainer` on the control socket: the agent, before it runs the project's
+/// lifecycle hooks, asks whether the container it runs in is the one the project's
+/// devcontainer.json wants (the control plane may first build an image and replace it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevcontainerQuestion {
+    /// The spec hash its container was made from (`COVE_SPEC_HASH`).
+    pub spec_hash: String,
+    /// The first question of this agent's start: the control plane looks at the files again.
+    #[serde(default)]
+    pub first: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevcontainerAction {
+    /// Run the hooks: this container is the configured one.
+    Proceed,
+    /// Ask again shortly: the configuration is being read or built, or this container is
+    /// about to be replaced.
+    Wait,
+    /// Applying the configuration failed (the message says why): run no hooks.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevcontainerAnswer {
+    pub action: DevcontainerAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// A tmpfs the engine mounts in every workspace (memory only: never on the volume, never
 /// in the engine's metadata but for the mount itself). The agent writes the workspace's
 /// secrets here at each start.

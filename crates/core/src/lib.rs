@@ -22,4 +22,7 @@ pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};
 pub use resources::{format_duration, format_size, parse_duration, parse_size, Resources, ResourcesError};
 pub use state::{ActualState, DesiredState};
 pub use text::percent_encode;
-pub use workspace::{RepoSource, Workspace, WorkspaceSpec, DEFAULT_IDLE_TIMEOUT_SECONDS};
+pub use workspace::{
+    ContainerConfig, ContainerMount, DevcontainerHashes, MountType, RepoSource, Workspace, WorkspaceSpec,
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+};

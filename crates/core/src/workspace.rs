@@ -1,6 +1,8 @@
 //! The workspace record: what the user asked for and what was last observed.
 
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -20,6 +22,54 @@ const CONTAINER_LAYOUT: u32 = 3;
 pub struct WorkspaceSpec {
     pub image: String,
     pub resources: Resources,
+    /// What the project's devcontainer.json adds to the container, once applied.
+    #[serde(default)]
+    pub config: ContainerConfig,
+}
+
+/// The parts of a workspace's container that a devcontainer.json decides (after the
+/// admin's policy allowed them): extra environment, mounts, capabilities, labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// `containerEnv` (and features' `containerEnv`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ContainerMount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Container labels, e.g. `cove.port.<n>` for `forwardPorts`/`portsAttributes`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    Volume,
+    Bind,
+    Tmpfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMount {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    /// A volume name or host path; none for tmpfs (or an anonymous volume).
+    pub source: Option<String>,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl ContainerConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == ContainerConfig::default()
+    }
 }
 
 impl WorkspaceSpec {
@@ -32,6 +82,13 @@ impl WorkspaceSpec {
         h.update(self.resources.cpus_milli.to_le_bytes());
         h.update(self.resources.memory_bytes.to_le_bytes());
         h.update(self.resources.disk_bytes.unwrap_or(0).to_le_bytes());
+        // Only a configured container hashes its configuration, so that a workspace without
+        // one keeps the hash (and the container) it had before devcontainer.json applied.
+        if !self.config.is_empty() {
+            h.update(b"config\n");
+            // Serialising plain maps and vectors cannot fail.
+            h.update(serde_json::to_vec(&self.config).unwrap_or_default());
+        }
         hex::encode(&h.finalize()[..8])
     }
 }
@@ -76,6 +133,24 @@ pub struct Workspace {
     /// The repository cloned into `~/project` at the first start, if any.
     #[serde(default)]
     pub source: Option<RepoSource>,
+    /// The devcontainer.json last applied to the container and last seen in the volume.
+    #[serde(default)]
+    pub devcontainer: DevcontainerHashes,
+}
+
+/// Content hashes of a project's dev container configuration (the file, its build inputs
+/// and features): the one the container was made from and the one last read from the
+/// volume. They differ when the user changed the configuration: a rebuild is needed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevcontainerHashes {
+    pub applied: Option<String>,
+    pub seen: Option<String>,
+}
+
+impl DevcontainerHashes {
+    pub fn rebuild_needed(&self) -> bool {
+        self.seen.is_some() && self.seen != self.applied
+    }
 }
 
 /// A Git repository a workspace starts from.

@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 mod error;
 pub mod features;
 pub mod jsonc;

@@ -383,5 +383,6 @@ pub fn container_spec(ws: &Workspace) -> ContainerSpec {
         image: ws.spec.image.clone(),
         resources: ws.spec.resources,
         spec_hash: ws.spec.hash(),
+        config: ws.spec.config.clone(),
     }
 }

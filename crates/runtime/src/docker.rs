@@ -18,8 +18,9 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use cove_core::{ContainerState, Observed, ObservedContainer, WorkspaceId};
@@ -238,6 +239,27 @@ impl DockerBackend {
             .and_then(|c| c.id))
     }
 
+    /// Makes a named volume with `labels`; an existing one is fine.
+    async fn ensure_volume(&self, name: String, labels: HashMap<String, String>) -> Result<()> {
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            driver: Some("local".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let docker = self.api().await?;
+        match docker.create_volume(request).await {
+            Ok(_) => Ok(()),
+            // Both engines return the existing volume for a repeated create; should one
+            // refuse instead, an existing volume is still the wanted end state.
+            Err(e) if status(&e).is_some() => match docker.inspect_volume(&name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(self.error(&format!("create volume {name}"), e)),
+            },
+            Err(e) => Err(self.error(&format!("create volume {name}"), e)),
+        }
+    }
+
     async fn remove_by_id(&self, container: &str) -> Result<()> {
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.api().await?.remove_container(container, Some(options)).await {
@@ -308,29 +330,19 @@ impl Backend for DockerBackend {
         if let Some(bytes) = spec.resources.disk_bytes {
             labels.insert(LABEL_DISK_BYTES.to_string(), bytes.to_string());
         }
-        let request = VolumeCreateRequest {
-            name: Some(name.clone()),
-            driver: Some("local".into()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        let docker = self.api().await?;
-        match docker.create_volume(request).await {
-            Ok(_) => Ok(()),
-            // Both engines return the existing volume for a repeated create; should one
-            // refuse instead, an existing volume is still the wanted end state.
-            Err(e) if status(&e).is_some() => match docker.inspect_volume(&name).await {
-                Ok(_) => Ok(()),
-                Err(_) => Err(self.error(&format!("create volume {name}"), e)),
-            },
-            Err(e) => Err(self.error(&format!("create volume {name}"), e)),
-        }
+        self.ensure_volume(name, labels).await
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<()> {
         // The engine would make a missing named volume itself, but without our labels,
         // and observe() would never see it; so it is made here first, labelled.
         self.create_volume(spec).await?;
+        // devcontainer.json's named volumes too: labelled, they go with the workspace.
+        for m in spec.config.mounts.iter().filter(|m| m.kind == cove_core::MountType::Volume) {
+            if let Some(Mount { source: Some(source), .. }) = Some(devcontainer_mount(m, spec)) {
+                self.ensure_volume(source, self.labels(spec)).await?;
+            }
+        }
         let name = Self::container_name(spec);
         let mut labels = self.labels(spec);
         labels.insert(LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone());
@@ -342,10 +354,21 @@ impl Backend for DockerBackend {
             ..Default::default()
         }];
         mounts.extend(extra_mounts);
+        mounts.extend(spec.config.mounts.iter().map(|m| devcontainer_mount(m, spec)));
+        for (key, value) in &spec.config.labels {
+            labels.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        // Cove's own variables come last: the configuration cannot override them.
+        let mut env: Vec<String> = spec.config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend([
+            format!("HOME={WORKSPACE_HOME}"),
+            "USER=cove".into(),
+            format!("{}={}", crate::ENV_SPEC_HASH, spec.spec_hash),
+        ]);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: Some(user),
-            env: Some(vec![format!("HOME={WORKSPACE_HOME}"), "USER=cove".into()]),
+            env: Some(env),
             working_dir: Some(WORKSPACE_HOME.into()),
             hostname: Some(spec.name.to_string()),
             cmd: Some(cmd),
@@ -359,7 +382,10 @@ impl Backend for DockerBackend {
                 nano_cpus: Some(i64::from(spec.resources.cpus_milli) * 1_000_000),
                 memory: Some(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX)),
                 pids_limit: Some(PIDS_LIMIT),
-                privileged: Some(false),
+                // Only when the admin's policy allowed the configuration to ask for it.
+                privileged: Some(spec.config.privileged),
+                cap_add: (!spec.config.cap_add.is_empty()).then(|| spec.config.cap_add.clone()),
+                security_opt: (!spec.config.security_opt.is_empty()).then(|| spec.config.security_opt.clone()),
                 mounts: Some(mounts),
                 tmpfs: Some(self.tmpfs()),
                 ..Default::default()
@@ -518,6 +544,83 @@ impl Backend for DockerBackend {
         result
     }
 
+    async fn get_archive(
+        &self,
+        spec: &ContainerSpec,
+        path: &str,
+        into: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<bool> {
+        let own = match self.container_of(spec.workspace).await {
+            Ok(listed) => listed.id,
+            Err(BackendError::NoContainer) => None,
+            Err(e) => return Err(e),
+        };
+        let (container, helper) = match own {
+            Some(id) => (id, false),
+            None => (self.push_helper(spec).await?, true),
+        };
+        let result = self.download(&container, path, into, max_bytes).await;
+        if helper {
+            if let Err(e) = self.remove_by_id(&container).await {
+                tracing::warn!(container = %container, error = %e, "cannot remove the helper container");
+            }
+        }
+        result
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.api().await?.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.error(&format!("look up image {image}"), e)),
+        }
+    }
+
+    async fn build_image(
+        &self,
+        build: &crate::ImageBuild,
+        progress: &mut (dyn for<'p> FnMut(&'p str) + Send),
+    ) -> Result<()> {
+        let context = format!("build image {}", build.tag);
+        let file = tokio::fs::File::open(&build.context)
+            .await
+            .map_err(|e| BackendError::Engine(format!("{context}: cannot open the build context: {e}")))?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
+        let args: HashMap<&String, &String> = build.args.iter().collect();
+        let mut labels: HashMap<String, String> = build.labels.clone().into_iter().collect();
+        labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
+        let mut options = BuildImageOptionsBuilder::new()
+            .dockerfile(&build.dockerfile)
+            .t(&build.tag)
+            .buildargs(&args)
+            .labels(&labels)
+            .rm(true)
+            // A failed build on Podman otherwise leaves a hidden buildah container.
+            .forcerm(true);
+        if let Some(target) = &build.target {
+            options = options.target(target);
+        }
+        let docker = self.api().await?;
+        let mut stream = docker.build_image(options.build(), None, Some(body));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| self.error(&context, e))?;
+            if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                return Err(BackendError::Engine(format!("{context}: {}", message.trim())));
+            }
+            for text in [info.stream, info.status].into_iter().flatten() {
+                for line in text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()) {
+                    progress(line);
+                }
+            }
+        }
+        // A build that ends without an error must have made the image; check rather than trust.
+        if !self.image_exists(&build.tag).await? {
+            return Err(BackendError::Engine(format!("{context}: the engine finished without making the image")));
+        }
+        Ok(())
+    }
+
     async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>> {
         let container = self.container_of(id).await?;
         let Some(name) = container.id else { return Ok(None) };
@@ -597,6 +700,40 @@ impl DockerBackend {
         }
     }
 
+    async fn download(&self, container: &str, path: &str, into: &std::path::Path, max_bytes: u64) -> Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(into)
+            .await
+            .map_err(|e| BackendError::Engine(format!("create {}: {e}", into.display())))?;
+        let options = DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let docker = self.api().await?;
+        let mut stream = docker.download_from_container(container, Some(options));
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) if total + bytes.len() as u64 > max_bytes => {
+                    return Err(BackendError::Engine(format!(
+                        "read files from {path}: more than {} MiB; make it smaller",
+                        max_bytes >> 20
+                    )))
+                }
+                Ok(bytes) => {
+                    total += bytes.len() as u64;
+                    file.write_all(&bytes)
+                        .await
+                        .map_err(|e| BackendError::Engine(format!("write {}: {e}", into.display())))?
+                }
+                Err(e) if status(&e) == Some(404) && server_message(&e).contains("ontainer") => {
+                    return Err(BackendError::NoContainer)
+                }
+                Err(e) if status(&e) == Some(404) => return Ok(false),
+                Err(e) => return Err(self.container_error(&format!("read files from {path}"), e)),
+            }
+        }
+        file.flush().await.map_err(|e| BackendError::Engine(format!("write {}: {e}", into.display())))?;
+        Ok(true)
+    }
+
     async fn upload(&self, container: &str, dest: &str, archive: &std::path::Path) -> Result<()> {
         let file = tokio::fs::File::open(archive)
             .await
@@ -661,6 +798,20 @@ pub(crate) async fn negotiate(docker: &Docker) -> Result<(), DockerError> {
             Ok(())
         }
     }
+}
+
+/// A devcontainer.json mount. A named volume gets the workspace's name in front, so two
+/// workspaces asking for `cache` do not share one (the spec's `${devcontainerId}` idea).
+fn devcontainer_mount(m: &cove_core::ContainerMount, spec: &ContainerSpec) -> Mount {
+    use cove_core::MountType as T;
+    let (typ, source) = match m.kind {
+        T::Volume => {
+            (MountType::VOLUME, m.source.as_ref().map(|s| format!("{}-{s}", DockerBackend::container_name(spec))))
+        }
+        T::Bind => (MountType::BIND, m.source.clone()),
+        T::Tmpfs => (MountType::TMPFS, None),
+    };
+    Mount { target: Some(m.target.clone()), source, typ: Some(typ), read_only: Some(m.read_only), ..Default::default() }
 }
 
 fn workspace_label(labels: Option<&HashMap<String, String>>) -> Option<WorkspaceId> {

@@ -290,6 +290,31 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
+    /// The fake has no files: every path is missing.
+    async fn get_archive(
+        &self,
+        _spec: &ContainerSpec,
+        _path: &str,
+        _into: &std::path::Path,
+        _max: u64,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Every image exists, as with `create_container`.
+    async fn image_exists(&self, _image: &str) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn build_image(
+        &self,
+        build: &crate::ImageBuild,
+        progress: &mut (dyn for<'p> FnMut(&'p str) + Send),
+    ) -> Result<()> {
+        progress(&format!("fake build of {}", build.tag));
+        Ok(())
+    }
+
     /// Loopback while running, so tests can point the proxy at a server of their own.
     async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>> {
         let mut state = self.enter(FakeOp::Address, Some(id))?;
@@ -322,6 +347,7 @@ mod tests {
             image: image.into(),
             resources: Resources::default(),
             spec_hash: "h1".into(),
+            config: Default::default(),
         }
     }
 

@@ -67,6 +67,25 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// `WorkspaceSpec::hash`, stored as the `cove.spec-hash` label.
     pub spec_hash: String,
+    /// What the applied devcontainer.json adds (env, mounts, capabilities, labels).
+    pub config: cove_core::ContainerConfig,
+}
+
+/// The environment variable that tells the agent which spec its container was made from,
+/// so the control plane can tell a container about to be replaced from the current one.
+pub const ENV_SPEC_HASH: &str = "COVE_SPEC_HASH";
+
+/// An image to build through the engine from a tar archive of its context.
+#[derive(Clone, Debug, Default)]
+pub struct ImageBuild {
+    pub tag: String,
+    /// The build context, a tar archive.
+    pub context: std::path::PathBuf,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    pub args: std::collections::BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -142,6 +161,20 @@ pub trait Backend: Send + Sync + 'static {
     /// running or not, without starting it. A workspace with no container yet gets a
     /// short-lived helper container on its volume (labelled, not started, removed at once).
     async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()>;
+    /// Writes a tar archive of `path` in the workspace's files to the file `into`, running
+    /// or not (a workspace without a container gets a short-lived helper on its volume).
+    /// `Ok(false)` if the path does not exist; an error once the archive passes `max_bytes`.
+    async fn get_archive(
+        &self,
+        spec: &ContainerSpec,
+        path: &str,
+        into: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<bool>;
+    /// Whether the engine has the image (no pull is ever tried).
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Builds an image, passing each line of the engine's progress to `progress`.
+    async fn build_image(&self, build: &ImageBuild, progress: &mut (dyn for<'p> FnMut(&'p str) + Send)) -> Result<()>;
     /// The address the proxy reaches the running container at; `None` while it has none.
     async fn address(&self, id: WorkspaceId) -> Result<Option<std::net::IpAddr>>;
 }

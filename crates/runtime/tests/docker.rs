@@ -107,6 +107,7 @@ fn spec(image: &str, name: &str) -> ContainerSpec {
         image: image.to_string(),
         resources: Resources { cpus_milli: 500, memory_bytes: 256 << 20, disk_bytes: Some(1 << 30) },
         spec_hash: "spec-1".into(),
+        config: Default::default(),
     }
 }
 

@@ -178,6 +178,7 @@ pub fn control_router(control: ControlState) -> Router {
         .route("/v1/activity", post(report_activity))
         .route("/v1/workspace", axum::routing::get(describe_workspace))
         .route("/v1/git-credential", axum::routing::get(git_credential))
+        .route("/v1/devcontainer", post(crate::devcontainers::agent_question))
         .route("/v1/secrets", axum::routing::get(workspace_secrets))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(control)

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Pushes stream archives of any size (checked as they are read): no body limit.
         .merge(crate::files::router().layer(DefaultBodyLimit::disable()))
+        .merge(crate::devcontainers::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .with_state(state)
 }
@@ -502,6 +503,7 @@ async fn get_workspace(
     Path(key): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let ws = crate::access::resolve_shared(&state, &user, &key).await?;
+    crate::devcontainers::maybe_check(&state, &ws);
     let mut view = workspaces::view(&state, &ws);
     // The hand-off (its webhook) is the owner's business, not of those it is shared with.
     if ws.owner == user.id || user.role == Role::Admin {
@@ -696,5 +698,7 @@ async fn ports(
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ws = own_workspace(&state, &user, &key).await?;
-    Ok(Json(tunnel::get_json(&state, &ws, "/ports").await?))
+    let mut ports = tunnel::get_json(&state, &ws, "/ports").await?;
+    crate::devcontainers::label_ports(&ws, &mut ports);
+    Ok(Json(ports))
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod dashboard;
+pub mod devcontainers;
 pub mod error;
 pub mod files;
 pub mod gate;
@@ -58,6 +59,8 @@ pub struct Config {
     pub wake_wait: std::time::Duration,
     pub activity_flush_interval: std::time::Duration,
     pub idle_check_interval: std::time::Duration,
+    /// What a devcontainer.json may ask of this instance (binds, privileges, initializeCommand).
+    pub devcontainer_policy: cove_devcontainer::Policy,
     /// Login through an OpenID Connect provider, when configured.
     pub oidc: Option<oidc::OidcConfig>,
 }
@@ -77,6 +80,7 @@ impl Config {
             wake_wait: std::time::Duration::from_secs(60),
             activity_flush_interval: std::time::Duration::from_secs(5),
             idle_check_interval: std::time::Duration::from_secs(10),
+            devcontainer_policy: cove_devcontainer::Policy::default(),
             oidc: None,
         }
     }
@@ -123,6 +127,7 @@ pub struct AppState {
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
     pub agents: Arc<agents::Agents>,
+    pub builds: Arc<devcontainers::Builds>,
     /// Failed password logins, per account and address.
     pub logins: Arc<access::LoginLimiter>,
     /// `None` unless OIDC login is configured.
@@ -365,6 +370,7 @@ fn assemble(
         signer,
         metrics,
         agents,
+        builds: Arc::default(),
         logins: Arc::default(),
         oidc: None,
     }

@@ -36,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/workspaces/{ws}/ssh"),
     ("get", "/api/v1/workspaces/{ws}/tcp/{port}"),
     ("get", "/api/v1/workspaces/{ws}/ports"),
+    ("post", "/api/v1/workspaces/{ws}/rebuild"),
     ("get", "/api/v1/secrets"),
     ("put", "/api/v1/secrets/{name}"),
     ("delete", "/api/v1/secrets/{name}"),
@@ -141,6 +142,11 @@ fn summary(method: &str, path: &str) -> (&'static str, Option<&'static str>, &'s
         ("get", "/api/v1/workspaces/{ws}/ports") => {
             ("The TCP ports listening inside the workspace, with their programs", None, "ports")
         }
+        ("post", "/api/v1/workspaces/{ws}/rebuild") => (
+            "Read devcontainer.json from the volume again and apply it (build, new container, volume kept); 202, follow `devcontainer.build`",
+            None,
+            "the workspace (202 Accepted)",
+        ),
         ("get", "/api/v1/secrets") => (
             "Secrets of a scope: `?scope=user` (default, the caller's) or `?scope=instance` (admins); names, kinds and times, never values",
             None,

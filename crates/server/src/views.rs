@@ -40,6 +40,23 @@ pub struct WorkspaceView {
     /// The hand-off webhook and how its delivery went (filled in by `GET` of one workspace).
     #[serde(default)]
     pub handoff: Option<cove_store::Handoff>,
+    /// The configuration in the volume differs from the one the container was made from.
+    #[serde(default)]
+    pub rebuild_needed: bool,
+    /// The devcontainer.json applied, and how its last application (or look) went.
+    #[serde(default)]
+    pub devcontainer: Option<DevcontainerView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DevcontainerView {
+    /// The content hash of the applied configuration; `None` if none was applied.
+    pub applied: Option<String>,
+    /// The last look at the configuration (in this server's lifetime).
+    pub build: Option<crate::devcontainers::BuildStatus>,
+    /// `cove.port.<n>` labels from `forwardPorts`/`portsAttributes`: port -> label.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<u16, String>,
 }
 
 impl From<&Workspace> for WorkspaceView {
@@ -68,6 +85,18 @@ impl From<&Workspace> for WorkspaceView {
             repo: w.source.as_ref().map(|s| s.url.clone()),
             branch: w.source.as_ref().and_then(|s| s.branch.clone()),
             handoff: None,
+            rebuild_needed: w.devcontainer.rebuild_needed(),
+            devcontainer: w.devcontainer.applied.as_ref().map(|applied| DevcontainerView {
+                applied: Some(applied.clone()),
+                build: None,
+                ports: w
+                    .spec
+                    .config
+                    .labels
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("cove.port.")?.parse().ok()?, v.clone())))
+                    .collect(),
+            }),
         }
     }
 }

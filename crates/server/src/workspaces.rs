@@ -131,6 +131,15 @@ pub fn view(state: &AppState, ws: &Workspace) -> crate::views::WorkspaceView {
         }
         v.agent = state.agents.status(ws.id);
     }
+    if let Some(build) = state.builds.status(ws.id) {
+        v.devcontainer
+            .get_or_insert_with(|| crate::views::DevcontainerView {
+                applied: None,
+                build: None,
+                ports: Default::default(),
+            })
+            .build = Some(build);
+    }
     v
 }
 

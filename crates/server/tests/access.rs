@@ -53,6 +53,7 @@ async fn api() -> Api {
         signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
+        builds: Arc::default(),
         logins: Arc::default(),
         oidc: None,
     };

@@ -56,6 +56,7 @@ async fn api() -> Api {
         signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
+        builds: Arc::default(),
         logins: Arc::default(),
         oidc: None,
     };
@@ -480,4 +481,27 @@ async fn admins_disable_enable_and_reset_users() {
     assert_eq!(api.call_as("", "POST", "/api/v1/auth/login", Some(login("pw"))).await.0, StatusCode::UNAUTHORIZED);
     let (s, v) = api.call_as("", "POST", "/api/v1/auth/login", Some(login("a brand new password"))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+#[tokio::test]
+async fn rebuild_of_a_workspace_without_a_configuration_says_so_and_changes_nothing() {
+    let api = api().await;
+    let (s, _) = api.call("POST", "/api/v1/workspaces", Some(json!({"name": "w", "start": false}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = api.call("POST", "/api/v1/workspaces/nope/rebuild", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = api.call("POST", "/api/v1/workspaces/w/rebuild", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // The fake backend's volume holds no project: nothing to apply.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = api.call("GET", "/api/v1/workspaces/w", None).await;
+        if v["devcontainer"]["build"]["state"] == "none" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer in time: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(v["devcontainer"]["build"]["message"].as_str().unwrap().contains("no devcontainer.json"), "{v}");
+    assert_eq!((v["generation"].as_i64(), v["rebuild_needed"].as_bool()), (Some(1), Some(false)), "{v}");
 }

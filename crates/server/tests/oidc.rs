@@ -135,6 +135,7 @@ async fn world() -> World {
         signer: Arc::new(Signer::with_key([3; 32])),
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
+        builds: Arc::default(),
         logins: Arc::default(),
         oidc: Some(Arc::new(oidc)),
     };

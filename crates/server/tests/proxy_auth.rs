@@ -91,6 +91,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
         signer: Arc::new(Signer::with_key(KEY)),
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
+        builds: Arc::default(),
         logins: Arc::default(),
         oidc: None,
     };

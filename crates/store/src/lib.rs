@@ -107,6 +107,15 @@ pub struct WorkspacePatch {
     pub idle_timeout_seconds: Option<u32>,
 }
 
+/// A devcontainer.json applied to a workspace: what its container is made from from now on.
+pub struct DevcontainerApply {
+    pub image: String,
+    pub resources: Resources,
+    pub config: cove_core::ContainerConfig,
+    /// The configuration's content hash (also recorded as the one seen).
+    pub hash: String,
+}
+
 /// One state-changing request, as the audit log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
@@ -368,6 +377,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Removes the record: the last step of termination. `NotFound` if already gone.
     async fn workspace_delete(&self, id: WorkspaceId) -> Result<()>;
+    /// Records an applied devcontainer.json: image, resources, container settings and hash;
+    /// bumps the generation, so the reconciler makes the container again. `NotFound` for
+    /// an unknown id.
+    async fn workspace_devcontainer_apply(&self, id: WorkspaceId, apply: DevcontainerApply) -> Result<Workspace>;
+    /// The hash of the configuration last read from the volume (`None`: there is none).
+    /// Not a change of desire: no generation bump.
+    async fn workspace_devcontainer_seen(&self, id: WorkspaceId, hash: Option<&str>) -> Result<()>;
 
     /// Records batched activity: each entry moves `last_activity_at` forward (never back)
     /// and sets its kind. Unknown ids are skipped.

@@ -20,8 +20,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteExecutor};
 
 use crate::{
-    AuditEntry, FrozenSecret, GitToken, Handoff, NewToken, NewUser, NewWorkspace, OidcIdentity, Quotas, Result,
-    RunInterval, Sealed, SealedRef, Secret, SecretScope, Session, Store, StoreError, UserPatch, WorkspacePatch,
+    AuditEntry, DevcontainerApply, FrozenSecret, GitToken, Handoff, NewToken, NewUser, NewWorkspace, OidcIdentity,
+    Quotas, Result, RunInterval, Sealed, SealedRef, Secret, SecretScope, Session, Store, StoreError, UserPatch,
+    WorkspacePatch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -43,7 +44,8 @@ const TOKEN_COLUMNS: &str = "t.id AS token_id, t.user_id, t.name AS token_name, 
 const WORKSPACE_SELECT: &str = "SELECT w.id, w.name, w.owner_id, u.name AS owner_name, \
      w.image, w.cpus_milli, w.memory_bytes, w.disk_bytes, w.idle_timeout_seconds, \
      w.desired, w.actual, w.message, w.generation, w.actual_generation, \
-     w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind, w.repo_url, w.repo_branch \
+     w.created_at, w.updated_at, w.last_activity_at, w.last_activity_kind, w.repo_url, w.repo_branch, \
+     w.container_config, w.devcontainer_applied, w.devcontainer_seen \
      FROM workspaces w JOIN users u ON u.id = w.owner_id";
 
 #[derive(Clone, Debug)]
@@ -620,6 +622,46 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(written > 0)
+    }
+
+    async fn workspace_devcontainer_apply(&self, id: WorkspaceId, apply: DevcontainerApply) -> Result<Workspace> {
+        let mut tx = self.pool.begin().await?;
+        let config = (!apply.config.is_empty())
+            .then(|| serde_json::to_string(&apply.config))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("container_config: {e}")))?;
+        let updated = sqlx::query(
+            "UPDATE workspaces SET image = ?1, cpus_milli = ?2, memory_bytes = ?3, disk_bytes = ?4, \
+                 container_config = ?5, devcontainer_applied = ?6, devcontainer_seen = ?6, \
+                 generation = generation + 1, updated_at = ?7 \
+             WHERE id = ?8",
+        )
+        .bind(&apply.image)
+        .bind(i64::from(apply.resources.cpus_milli))
+        .bind(db_int(apply.resources.memory_bytes))
+        .bind(apply.resources.disk_bytes.map(db_int))
+        .bind(config)
+        .bind(&apply.hash)
+        .bind(now().timestamp_millis())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let workspace = workspace_fetch(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(workspace)
+    }
+
+    async fn workspace_devcontainer_seen(&self, id: WorkspaceId, hash: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE workspaces SET devcontainer_seen = ? WHERE id = ?")
+            .bind(hash)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn workspace_delete(&self, id: WorkspaceId) -> Result<()> {
@@ -1207,6 +1249,11 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
                 memory_bytes: int(row, "memory_bytes")?,
                 disk_bytes: optional_int(row, "disk_bytes")?,
             },
+            config: match row.try_get::<Option<String>, _>("container_config")? {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("container_config {json:?}: {e}")))?,
+                None => cove_core::ContainerConfig::default(),
+            },
         },
         idle_timeout_seconds: int(row, "idle_timeout_seconds")?,
         desired: text(row, "desired", str::parse)?,
@@ -1221,6 +1268,10 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         source: match row.try_get::<Option<String>, _>("repo_url")? {
             Some(url) => Some(cove_core::RepoSource { url, branch: row.try_get("repo_branch")? }),
             None => None,
+        },
+        devcontainer: cove_core::DevcontainerHashes {
+            applied: row.try_get("devcontainer_applied")?,
+            seen: row.try_get("devcontainer_seen")?,
         },
     })
 }
