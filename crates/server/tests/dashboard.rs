@@ -644,3 +644,27 @@ async fn sharing_from_the_workspace_page_shows_up_for_the_other_user() {
     assert!(!d.get(&bob, "/").await.body.contains("shared by alice"));
     assert!(d.get(&alice, "/w/web").await.body.contains("Not shared"));
 }
+
+#[tokio::test]
+async fn rebuild_is_a_confirmed_form_for_the_owner_only() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let ws = d.workspaces_of("alice").await.remove(0);
+    let page = d.get(&alice, "/w/web").await.body;
+    let at = page.find("action=\"/w/web/rebuild\"").expect("a rebuild form");
+    let form = &page[page[..at].rfind("<form").unwrap()..at + page[at..].find("</form>").unwrap()];
+    assert!(form.contains("data-confirm=\"Rebuild web?") && form.contains("name=\"csrf\""), "{form}");
+
+    assert_eq!(d.post(&alice, "/w/web/rebuild", "").await.status, StatusCode::FORBIDDEN);
+    let bob = d.login("bob").await;
+    let bobs = d.csrf(&bob).await;
+    let a = d.post(&bob, &format!("/w/{}/rebuild", ws.id), &format!("csrf={bobs}")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = d.post(&alice, "/w/web/rebuild", &format!("csrf={token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=rebuilding");
+    let page = d.get(&alice, "/w/web?done=rebuilding").await.body;
+    assert!(page.contains("Rebuilding: Cove reads its devcontainer.json again"), "{page}");
+}

@@ -187,6 +187,7 @@ pub fn done_notice(word: &str) -> Option<String> {
         "secrets-refreshed" => "Secrets refreshed: the workspace gets the current set at its next start.",
         "secret-set" => "Secret set. The workspace gets it after a refresh and its next start.",
         "secret-deleted" => "Secret deleted. The workspace keeps its frozen copy until refreshed.",
+        "rebuilding" => "Rebuilding: Cove reads its devcontainer.json again; its state shows how it goes.",
         "shared" => "Shared.",
         "unshared" => "No longer shared with that user.",
         _ => return None,

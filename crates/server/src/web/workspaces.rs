@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/w/{key}/state", post(set_state))
         .route("/w/{key}/delete", get(delete_form).post(delete))
         .route("/w/{key}/share", post(share))
+        .route("/w/{key}/rebuild", post(rebuild))
         .route("/w/{key}/logs", get(logs))
 }
 
@@ -425,8 +426,18 @@ async fn show(
         let name = ws.name.as_str();
         let stop_note = format!("Stop {name}? Its processes end; its files stay.");
         let restart_note = format!("Restart {name}? Its processes end and start again.");
+        let rebuild_note = format!(
+            "Rebuild {name}? Cove reads its devcontainer.json again and applies it: its container is replaced \
+(processes end), its files stay."
+        );
+        let rebuild = format!(
+            "<form method=\"post\" action=\"/w/{k}/rebuild\" class=\"inline\" data-confirm=\"{}\">{}\
+<button type=\"submit\" id=\"action-rebuild\">Rebuild</button></form>",
+            escape(&rebuild_note),
+            csrf_field(&session)
+        );
         format!(
-            "<div class=\"actions\">{}{}{}<a class=\"button danger\" id=\"action-delete\" href=\"/w/{k}/delete\">Delete…</a></div>",
+            "<div class=\"actions\">{}{}{}{rebuild}<a class=\"button danger\" id=\"action-delete\" href=\"/w/{k}/delete\">Delete…</a></div>",
             form("running", "Start", None),
             form("stopped", "Stop", Some(&stop_note)),
             form("restart", "Restart", Some(&restart_note)),
@@ -653,6 +664,14 @@ async fn share(
             .await;
     match result {
         Ok(_) => see_other(&format!("/w/{}", cove_core::percent_encode(&key_))),
+        Err(e) => error_page(&session, &e),
+    }
+}
+
+/// Rebuild: the API's handler reads devcontainer.json again and applies it in the background.
+async fn rebuild(State(state): State<AppState>, session: Session, Path(key_): Path<String>) -> Response {
+    match crate::devcontainers::rebuild(State(state), session.caller(), Path(key_.clone())).await {
+        Ok(_) => see_other(&format!("/w/{}?done=rebuilding", cove_core::percent_encode(&key_))),
         Err(e) => error_page(&session, &e),
     }
 }
