@@ -2,7 +2,8 @@
 // dashboard.mjs — Cove's web dashboard in a real (Debian) Chromium: log in, create a
 // workspace through the wizard, watch it reach Running without a reload (server-sent
 // events), open its terminal and run a command, stop it (confirming) and watch it stop,
-// read the usage page; then log out and in as another member, who sees neither the
+// read the usage page, set a secret on the Secrets page and see it listed without its
+// value; then log out and in as another member, who sees neither the
 // workspace in their list nor its page (404).
 //
 //   DASH_URL=http://localhost:7080 WS_NAME=dash COVE_PASSWORD=... \
@@ -12,7 +13,10 @@
 // COVE_USER (default admin), SCREENSHOT_DIR (default target/browser), CHROMIUM (default
 // /usr/bin/chromium), DEADLINE_MS (default 90000).
 // Screenshots: dashboard-01-empty.png, -02-wizard.png, -03-running.png, -04-terminal.png,
-// -05-stopped.png, -06-usage.png, -07-narrow.png, -08-member.png, dash-failure.png.
+// -05-stopped.png, -06-usage.png, -07-narrow.png, -08-member.png, -09-secrets.png,
+// -10-workspace-secrets.png, -11-sessions.png,
+// dash-failure.png. SECRET_NAME / SECRET_VALUE (defaults DASH_TOKEN / a fixed string):
+// the secret the Secrets page sets.
 // Prints one JSON line (with "posts", the forms the browser sent, for diagnosis); exit 0
 // only if every step passed (frame: session.mjs).
 import { session } from './session.mjs';
@@ -37,11 +41,22 @@ const summary = {
   stoppedLive: false,
   usageRow: null,
   chart: false,
+  secretListed: false,
+  secretKind: null,
+  secretValueInPage: null,
+  secretFieldEmpty: null,
+  frozenBeforeRefresh: null,
+  frozenAfterRefresh: false,
+  workspacePageHasValue: null,
+  sessionsMarked: null,
+  sessionAgent: null,
   memberListHasIt: null,
   memberPageStatus: null,
   memberIdPageStatus: null,
   error: null,
 };
+const secretName = env.SECRET_NAME || 'DASH_TOKEN';
+const secretValue = env.SECRET_VALUE || 'dash-secret-value-5b2e';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function until(what, f) {
@@ -127,6 +142,40 @@ await session('dash', summary, { width: 1100, height: 800 }, async ({ page, shot
   summary.usageRow = (await row.innerText()).replace(/\s+/g, ' ').trim();
   summary.chart = await page.locator('svg.chart').isVisible();
   await shot('dashboard-06-usage.png');
+
+  // The Secrets page: set an environment variable through its labelled form; it is listed
+  // by name and kind, and its value is in no part of the page (nor in the field again).
+  await page.getByRole('link', { name: 'Secrets' }).click();
+  await page.locator('h1', { hasText: 'Secrets' }).waitFor({ timeout: 30000 });
+  await page.getByLabel('Name', { exact: true }).fill(secretName);
+  await page.getByLabel('Value', { exact: true }).fill(secretValue);
+  await page.getByRole('button', { name: 'Set variable' }).click();
+  const secretRow = page.locator(`tr[data-secret="${secretName}"]`);
+  await secretRow.waitFor({ timeout: 30000 });
+  summary.secretListed = true;
+  summary.secretKind = (await secretRow.locator('td[data-label="Kind"]').innerText()).trim();
+  summary.secretValueInPage = (await page.content()).includes(secretValue);
+  summary.secretFieldEmpty = (await page.getByLabel('Value', { exact: true }).inputValue()) === '';
+  await shot('dashboard-09-secrets.png');
+
+  // The workspace was made before the secret: "Refresh secrets" on its page takes it.
+  await page.goto(`${base}/w/${wsName}`, { waitUntil: 'domcontentloaded' });
+  summary.frozenBeforeRefresh = (await page.locator('#secrets').innerText()).includes(secretName);
+  await page.getByRole('button', { name: 'Refresh secrets' }).click();
+  await until('the frozen set to list the secret', async () =>
+    (await page.locator('#frozen').innerText()).includes(secretName));
+  summary.frozenAfterRefresh = true;
+  summary.workspacePageHasValue = (await page.content()).includes(secretValue);
+  await page.locator('#sharing').scrollIntoViewIfNeeded();
+  await shot('dashboard-10-workspace-secrets.png');
+
+  // The Sessions page: this browser's login is listed and marked.
+  await page.getByRole('link', { name: 'Sessions', exact: true }).click();
+  await page.locator('h1', { hasText: 'Sessions' }).waitFor({ timeout: 30000 });
+  const mine = page.locator('tr[data-session]', { has: page.locator('.badge', { hasText: 'this session' }) });
+  summary.sessionsMarked = await mine.count();
+  summary.sessionAgent = (await mine.first().locator('td[data-label="User agent"]').innerText()).trim();
+  await shot('dashboard-11-sessions.png');
 
   // A phone-sized screen: the list stacks.
   await page.setViewportSize({ width: 390, height: 800 });

@@ -170,7 +170,7 @@ fn bearer_hash(headers: &HeaderMap) -> Option<String> {
     Some(cove_core::hash_token(header.strip_prefix("Bearer ")?.trim()))
 }
 
-async fn list_sessions(
+pub async fn list_sessions(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     headers: HeaderMap,
@@ -197,7 +197,7 @@ async fn list_sessions(
 }
 
 /// Ends a session at once: its token stops working on the next request.
-async fn revoke_session(
+pub async fn revoke_session(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(id): Path<String>,
@@ -279,7 +279,7 @@ async fn share_views(state: &AppState, ws: &Workspace) -> Result<Vec<ShareView>,
         .collect())
 }
 
-async fn list_shares(
+pub async fn list_shares(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,
@@ -297,7 +297,7 @@ async fn named_user(state: &AppState, name: &str) -> Result<User, ApiError> {
     }
 }
 
-async fn add_share(
+pub async fn add_share(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path((key, name)): Path<(String, String)>,
@@ -316,7 +316,7 @@ async fn add_share(
     Ok(Json(share_views(&state, &ws).await?))
 }
 
-async fn remove_share(
+pub async fn remove_share(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path((key, name)): Path<(String, String)>,

@@ -141,7 +141,7 @@ pub fn router() -> Router<AppState> {
 
 /// `POST /api/v1/workspaces/{ws}/rebuild`: reads the configuration in the volume again and
 /// applies it; 202 with the workspace, whose `devcontainer.build` says how it goes.
-async fn rebuild(
+pub async fn rebuild(
     State(state): State<AppState>,
     crate::auth::Caller(user, _): crate::auth::Caller,
     UrlPath(key): UrlPath<String>,

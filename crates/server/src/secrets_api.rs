@@ -5,7 +5,6 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -65,16 +64,16 @@ impl From<&FrozenSecret> for FrozenView {
 }
 
 #[derive(Deserialize)]
-struct ScopeQuery {
-    scope: Option<String>,
+pub struct ScopeQuery {
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SetBody {
-    value: String,
+pub struct SetBody {
+    pub value: String,
     #[serde(default)]
-    kind: Option<SecretKind>,
+    pub kind: Option<SecretKind>,
 }
 
 /// `instance` (admins) or `user` (the default: the caller's own).
@@ -93,7 +92,7 @@ fn scope_of(caller: &Caller, q: Result<Query<ScopeQuery>, QueryRejection>) -> Re
     }
 }
 
-async fn list(
+pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     q: Result<Query<ScopeQuery>, QueryRejection>,
@@ -109,13 +108,13 @@ async fn store_secret(state: &AppState, scope: SecretScope, name: &str, body: Se
     Ok(SecretView::from(&secret))
 }
 
-async fn set(
+pub async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<ScopeQuery>, QueryRejection>,
     ApiJson(body): ApiJson<SetBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Json<SecretView>), ApiError> {
     let scope = scope_of(&caller, q)?;
     Ok((StatusCode::OK, Json(store_secret(&state, scope, &name, body).await?)))
 }
@@ -132,7 +131,7 @@ async fn remove_from(state: &AppState, scope: SecretScope, name: &str) -> Result
     }
 }
 
-async fn remove(
+pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -151,20 +150,30 @@ async fn managed_workspace(state: &AppState, user: &User, key: &str) -> Result<W
     Ok(ws)
 }
 
+/// A workspace's own secrets and its frozen set, for its owner or an admin.
+pub async fn workspace_secrets(
+    state: &AppState,
+    user: &User,
+    key: &str,
+) -> Result<(Vec<SecretView>, Vec<FrozenView>), ApiError> {
+    let ws = managed_workspace(state, user, key).await?;
+    let own: Vec<SecretView> =
+        state.store.secret_list(SecretScope::Workspace(ws.id)).await?.iter().map(SecretView::from).collect();
+    let frozen: Vec<FrozenView> =
+        state.store.workspace_secret_list(ws.id).await?.iter().map(FrozenView::from).collect();
+    Ok((own, frozen))
+}
+
 async fn list_workspace(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let ws = managed_workspace(&state, &user, &key).await?;
-    let own: Vec<SecretView> =
-        state.store.secret_list(SecretScope::Workspace(ws.id)).await?.iter().map(SecretView::from).collect();
-    let frozen: Vec<FrozenView> =
-        state.store.workspace_secret_list(ws.id).await?.iter().map(FrozenView::from).collect();
+    let (own, frozen) = workspace_secrets(&state, &user, &key).await?;
     Ok(Json(serde_json::json!({ "secrets": own, "frozen": frozen })))
 }
 
-async fn set_workspace(
+pub async fn set_workspace(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path((key, name)): Path<(String, String)>,
@@ -174,7 +183,7 @@ async fn set_workspace(
     Ok(Json(store_secret(&state, SecretScope::Workspace(ws.id), &name, body).await?))
 }
 
-async fn remove_workspace(
+pub async fn remove_workspace(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path((key, name)): Path<(String, String)>,
@@ -184,7 +193,7 @@ async fn remove_workspace(
 }
 
 /// Opts the workspace in to the current values: its agent delivers them at the next start.
-async fn refresh(
+pub async fn refresh(
     State(state): State<AppState>,
     Caller(user, _): Caller,
     Path(key): Path<String>,

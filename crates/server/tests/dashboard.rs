@@ -370,3 +370,301 @@ async fn admins_manage_users_and_prices_from_the_pages() {
     let audit = d.get(&root, "/admin/audit").await.body;
     assert!(audit.contains("POST /admin/users/{id}") && audit.contains("root"), "{audit}");
 }
+
+/// Every page a member can open, for a search of what must never be in them.
+async fn all_pages(d: &Dash, cookie: &str) -> String {
+    let mut all = String::new();
+    for path in ["/", "/secrets", "/sessions", "/tokens", "/usage", "/w/web", "/new"] {
+        let a = d.get(cookie, path).await;
+        all.push_str(&a.body);
+    }
+    all
+}
+
+const VALUE: &str = "s3cr3t-value-7f1c";
+
+async fn user_id(d: &Dash, name: &str) -> cove_core::UserId {
+    d.store.user_get_by_name_with_password(&Name::parse(name).unwrap()).await.unwrap().unwrap().0.id
+}
+
+#[tokio::test]
+async fn the_secrets_pages_set_list_and_delete_secrets_and_never_show_a_value() {
+    use cove_store::SecretScope;
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    let empty = d.get(&alice, "/secrets").await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert!(empty.body.contains("You have no secrets yet"), "{}", empty.body);
+    assert!(empty.body.contains("type=\"password\""), "an environment value is typed in a password field");
+    assert!(!empty.body.contains("Instance secrets"), "a member sees the instance's secrets");
+
+    // An environment variable and a file, from the page's forms.
+    let a = d.post(&alice, "/secrets", &format!("csrf={token}&kind=env&name=API_KEY&value={VALUE}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("Secret API_KEY set (user scope)"), "{}", a.body);
+    let a = d.post(&alice, "/secrets", &format!("csrf={token}&kind=file&name=id_rsa&value={VALUE}%0Aline2")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let listed = d.get(&alice, "/secrets").await.body;
+    assert!(listed.contains("data-secret=\"API_KEY\"") && listed.contains("data-secret=\"id_rsa\""), "{listed}");
+    assert!(listed.contains("environment variable") && listed.contains("file in /run/cove/secrets"), "{listed}");
+    let uid = user_id(&d, "alice").await;
+    assert_eq!(d.store.secret_list(SecretScope::User(uid)).await.unwrap().len(), 2);
+
+    // A refusal shows the API's words and keeps the name typed, not the value.
+    let a = d.post(&alice, "/secrets", &format!("csrf={token}&kind=env&name=1BAD&value={VALUE}")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("is not an environment variable name"), "{}", a.body);
+    assert!(a.body.contains("value=\"1BAD\""), "{}", a.body);
+    assert!(!a.body.contains(VALUE), "a refused form sent the value back");
+    let a = d.post(&alice, "/secrets", &format!("csrf={token}&kind=env&name=X&value=v&scope=instance")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "a member set an instance secret: {}", a.body);
+    assert!(d.store.secret_list(SecretScope::Instance).await.unwrap().is_empty());
+
+    // A workspace: it gets the frozen set, has secrets of its own, and refreshes.
+    assert_eq!(d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await.status, StatusCode::SEE_OTHER);
+    let ws = d.workspaces_of("alice").await.remove(0);
+    let page = d.get(&alice, "/w/web").await.body;
+    assert!(page.contains("id=\"frozen\"") && page.contains("<code>API_KEY</code>"), "{page}");
+    assert!(page.contains("Refresh secrets") && page.contains("next start"), "{page}");
+    let a = d.post(&alice, "/w/web/secrets", &format!("csrf={token}&kind=env&name=DB_URL&value={VALUE}-ws")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=secret-set#secrets");
+    assert_eq!(d.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().len(), 1);
+    assert!(d.get(&alice, "/w/web").await.body.contains("data-secret=\"DB_URL\""));
+    let frozen = |d: &Dash| {
+        let store = d.store.clone();
+        async move { store.workspace_secret_list(ws.id).await.unwrap().iter().map(|s| s.name.clone()).collect::<Vec<_>>() }
+    };
+    assert!(!frozen(&d).await.contains(&"DB_URL".to_string()), "set after creation, not frozen yet");
+    let a = d.post(&alice, "/w/web/secrets/refresh", &format!("csrf={token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(frozen(&d).await.contains(&"DB_URL".to_string()), "the refresh took the current set");
+
+    // Nowhere in any page, nor in the audit log an admin reads.
+    assert!(!all_pages(&d, &alice).await.contains(VALUE), "a secret's value is in a page");
+    let root = d.login("root").await;
+    for path in ["/admin/audit", "/admin/audit.jsonl", "/secrets", &format!("/w/{}", ws.id)] {
+        assert!(!d.get(&root, path).await.body.contains(VALUE), "{path} shows a value");
+    }
+
+    // Deleting, from the list and from the workspace's page.
+    let a = d.post(&alice, "/secrets/delete", &format!("csrf={token}&name=API_KEY&scope=user")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("Secret API_KEY deleted"), "{}", a.body);
+    let a = d.post(&alice, "/secrets/delete", &format!("csrf={token}&name=API_KEY&scope=user")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.body.contains("no user secret named API_KEY"), "{}", a.body);
+    let a = d.post(&alice, "/w/web/secrets/delete", &format!("csrf={token}&name=DB_URL")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(d.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().is_empty());
+    assert_eq!(d.store.secret_list(SecretScope::User(uid)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admins_manage_instance_secrets_that_members_do_not_see_listed() {
+    use cove_store::SecretScope;
+    let d = dash("http://localhost:7080").await;
+    let root = d.login("root").await;
+    let token = d.csrf(&root).await;
+    let page = d.get(&root, "/secrets").await.body;
+    assert!(page.contains("Instance secrets") && page.contains("No instance secrets"), "{page}");
+    let a = d.post(&root, "/secrets", &format!("csrf={token}&kind=env&name=PROXY&value={VALUE}&scope=instance")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(d.store.secret_list(SecretScope::Instance).await.unwrap().len(), 1);
+    let page = d.get(&root, "/secrets").await.body;
+    assert!(page.contains("data-secret=\"PROXY\"") && !page.contains(VALUE), "{page}");
+    let alice = d.login("alice").await;
+    assert!(!d.get(&alice, "/secrets").await.body.contains("PROXY"));
+    let a = d.post(&root, "/secrets/delete", &format!("csrf={token}&name=PROXY&scope=instance")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(d.store.secret_list(SecretScope::Instance).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_new_forms_refuse_a_missing_csrf_token_and_change_nothing() {
+    use cove_store::SecretScope;
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let ws = d.workspaces_of("alice").await.remove(0);
+    let bob = d.login("bob").await;
+    let bobs = d.csrf(&bob).await;
+    let session = d.store.session_list_by_user(user_id(&d, "alice").await).await.unwrap()[0].token.id;
+    let forms = [
+        ("/secrets", format!("kind=env&name=A&value={VALUE}")),
+        ("/secrets/delete", "name=A&scope=user".to_string()),
+        ("/w/web/secrets", format!("kind=env&name=A&value={VALUE}")),
+        ("/w/web/secrets/delete", "name=A".to_string()),
+        ("/w/web/secrets/refresh", String::new()),
+        ("/w/web/shares", "user=bob".to_string()),
+        ("/w/web/shares/remove", "user=bob".to_string()),
+        (&format!("/sessions/{session}/revoke"), String::new()),
+    ]
+    .map(|(p, f)| (p.to_string(), f));
+    for (path, form) in &forms {
+        for with in [form.clone(), format!("{form}&csrf="), format!("{form}&csrf={bobs}")] {
+            let a = d.post(&alice, path, &with).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{path} {with}: {}", a.body);
+            assert!(!a.body.contains(VALUE));
+        }
+    }
+    let uid = user_id(&d, "alice").await;
+    assert!(d.store.secret_list(SecretScope::User(uid)).await.unwrap().is_empty());
+    assert!(d.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().is_empty());
+    assert!(d.store.workspace_share_list(ws.id).await.unwrap().is_empty());
+    assert_eq!(d.get(&alice, "/sessions").await.status, StatusCode::OK, "a refused revoke logged out");
+}
+
+#[tokio::test]
+async fn a_member_cannot_see_or_change_anothers_secrets_or_sessions() {
+    use cove_store::SecretScope;
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let ws = d.workspaces_of("alice").await.remove(0);
+    d.post(&alice, "/secrets", &format!("csrf={token}&kind=env&name=ALICE_ONLY&value={VALUE}")).await;
+    d.post(&alice, "/w/web/secrets", &format!("csrf={token}&kind=env&name=WS_ONLY&value={VALUE}")).await;
+    let uid = user_id(&d, "alice").await;
+    let alices_session = d.store.session_list_by_user(uid).await.unwrap()[0].token.id;
+
+    let bob = d.login("bob").await;
+    let bobs = d.csrf(&bob).await;
+    let pages = all_pages(&d, &bob).await;
+    assert!(!pages.contains("ALICE_ONLY") && !pages.contains("WS_ONLY"), "bob sees alice's secrets");
+    assert!(!pages.contains(&alices_session.to_string()), "bob sees alice's session");
+    // Deleting "ALICE_ONLY" as bob means bob's own, which he has not.
+    let a = d.post(&bob, "/secrets/delete", &format!("csrf={bobs}&name=ALICE_ONLY&scope=user")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = d.post(&bob, "/secrets/delete", &format!("csrf={bobs}&name=ALICE_ONLY&scope=instance")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let unknown = d.get(&bob, &format!("/w/{}", uuid::Uuid::new_v4())).await.body;
+    for (path, form) in [
+        (format!("/w/{}/secrets", ws.id), format!("csrf={bobs}&kind=env&name=WS_ONLY&value=bobs")),
+        (format!("/w/{}/secrets/delete", ws.id), format!("csrf={bobs}&name=WS_ONLY")),
+        (format!("/w/{}/secrets/refresh", ws.id), format!("csrf={bobs}")),
+    ] {
+        let a = d.post(&bob, &path, &form).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(a.body, unknown, "{path} tells more than an unknown address");
+    }
+    let a = d.post(&bob, &format!("/sessions/{alices_session}/revoke"), &format!("csrf={bobs}")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(d.store.secret_list(SecretScope::User(uid)).await.unwrap().len(), 1);
+    assert_eq!(d.store.secret_list(SecretScope::Workspace(ws.id)).await.unwrap().len(), 1);
+    assert_eq!(d.get(&alice, "/sessions").await.status, StatusCode::OK, "bob ended alice's session");
+}
+
+#[tokio::test]
+async fn the_sessions_page_lists_logins_and_revokes_them() {
+    let d = dash("http://localhost:7080").await;
+    let login = |agent: &'static str| {
+        let req = Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::USER_AGENT, agent)
+            .body(Body::from("username=alice&password=pw"))
+            .unwrap();
+        let d = &d;
+        async move {
+            let a = d.send(req).await;
+            a.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string()
+        }
+    };
+    let laptop = login("LaptopBrowser/1.0").await;
+    let phone = login("PhoneBrowser/2.0").await;
+    let page = d.get(&laptop, "/sessions").await.body;
+    assert!(page.contains("LaptopBrowser/1.0") && page.contains("PhoneBrowser/2.0"), "{page}");
+    assert_eq!(page.matches("class=\"badge\">this session").count(), 1, "{page}");
+    let sessions = d.store.session_list_by_user(user_id(&d, "alice").await).await.unwrap();
+    let id_of = |agent: &str| sessions.iter().find(|s| s.user_agent.as_deref() == Some(agent)).unwrap().token.id;
+    let (laptop_id, phone_id) = (id_of("LaptopBrowser/1.0"), id_of("PhoneBrowser/2.0"));
+    // "this session" is the row of the browser asking.
+    let row = |page: &str, id: cove_core::TokenId| {
+        let at = page.find(&format!("data-session=\"{id}\"")).unwrap();
+        page[at..].split("</tr>").next().unwrap().to_string()
+    };
+    assert!(row(&page, laptop_id).contains("badge\">this session"));
+    assert!(!row(&page, phone_id).contains("badge\">this session"));
+
+    // Revoking another session ends it at once; revoking this one logs out.
+    let token = d.csrf(&laptop).await;
+    let a = d.post(&laptop, &format!("/sessions/{phone_id}/revoke"), &format!("csrf={token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/sessions");
+    assert_eq!(d.get(&phone, "/").await.status, StatusCode::FOUND, "the revoked session still works");
+    assert!(!d.get(&laptop, "/sessions").await.body.contains("PhoneBrowser"));
+    let a = d.post(&laptop, &format!("/sessions/{laptop_id}/revoke"), &format!("csrf={token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(a.headers[header::LOCATION], "/login");
+    let after = d.get(&laptop, "/sessions").await;
+    assert_eq!(after.status, StatusCode::FOUND);
+    assert_eq!(after.headers[header::LOCATION], "/login?next=%2Fsessions");
+}
+
+#[tokio::test]
+async fn sharing_from_the_workspace_page_shows_up_for_the_other_user() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let ws = d.workspaces_of("alice").await.remove(0);
+    let page = d.get(&alice, "/w/web").await.body;
+    assert!(page.contains("id=\"share-user\"") && page.contains("Not shared"), "{page}");
+    let bob = d.login("bob").await;
+    assert!(!d.get(&bob, "/").await.body.contains("shared by alice"));
+
+    let a = d.post(&alice, "/w/web/shares", &format!("csrf={token}&user=nobody")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.body.contains("no user named nobody"), "{}", a.body);
+    let a = d.post(&alice, "/w/web/shares", &format!("csrf={token}&user=alice")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("owns workspace web"), "{}", a.body);
+    let a = d.post(&alice, "/w/web/shares", &format!("csrf={token}&user=bob")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=shared#sharing");
+    let page = d.get(&alice, "/w/web?done=shared").await.body;
+    assert!(page.contains("data-share=\"bob\"") && page.contains("role=\"status\">Shared."), "{page}");
+    // The notice is one of a fixed few: a made-up one shows nothing.
+    let page = d.get(&alice, "/w/web?done=%3Cb%3Ehi").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("class=\"notice\"") && !page.body.contains("<b>hi"), "{}", page.body);
+    let list = d.get(&bob, "/").await.body;
+    assert!(list.contains("shared by alice"), "{list}");
+
+    // Bob, given it, may not share it on nor unshare himself from alice's page.
+    let bobs = d.csrf(&bob).await;
+    let a = d.post(&bob, &format!("/w/{}/shares", ws.id), &format!("csrf={bobs}&user=root")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(d.store.workspace_share_list(ws.id).await.unwrap().len(), 1);
+
+    let a = d.post(&alice, "/w/web/shares/remove", &format!("csrf={token}&user=bob")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert!(!d.get(&bob, "/").await.body.contains("shared by alice"));
+    assert!(d.get(&alice, "/w/web").await.body.contains("Not shared"));
+}
+
+#[tokio::test]
+async fn rebuild_is_a_confirmed_form_for_the_owner_only() {
+    let d = dash("http://localhost:7080").await;
+    let alice = d.login("alice").await;
+    let token = d.csrf(&alice).await;
+    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let ws = d.workspaces_of("alice").await.remove(0);
+    let page = d.get(&alice, "/w/web").await.body;
+    let at = page.find("action=\"/w/web/rebuild\"").expect("a rebuild form");
+    let form = &page[page[..at].rfind("<form").unwrap()..at + page[at..].find("</form>").unwrap()];
+    assert!(form.contains("data-confirm=\"Rebuild web?") && form.contains("name=\"csrf\""), "{form}");
+
+    assert_eq!(d.post(&alice, "/w/web/rebuild", "").await.status, StatusCode::FORBIDDEN);
+    let bob = d.login("bob").await;
+    let bobs = d.csrf(&bob).await;
+    let a = d.post(&bob, &format!("/w/{}/rebuild", ws.id), &format!("csrf={bobs}")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = d.post(&alice, "/w/web/rebuild", &format!("csrf={token}")).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(a.headers[header::LOCATION], "/w/web?done=rebuilding");
+    let page = d.get(&alice, "/w/web?done=rebuilding").await.body;
+    assert!(page.contains("Rebuilding: Cove reads its devcontainer.json again"), "{page}");
+}

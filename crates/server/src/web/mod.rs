@@ -13,6 +13,9 @@
 mod account;
 mod admin;
 pub mod csrf;
+mod secrets;
+mod sessions;
+mod sharing;
 pub mod usage;
 mod workspaces;
 
@@ -44,6 +47,9 @@ pub fn router() -> Router<AppState> {
         .merge(account::router())
         .merge(admin::router())
         .merge(usage::router())
+        .merge(secrets::router())
+        .merge(sessions::router())
+        .merge(sharing::router())
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -115,7 +121,7 @@ pub fn page_with_status(status: StatusCode, session: &Session, title: &str, body
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · Cove</title>\
 <link rel=\"stylesheet\" href=\"/assets/dashboard.css\"><script src=\"/assets/dashboard.js\" defer></script></head>\
 <body><a class=\"skip\" href=\"#main\">Skip to content</a><header><nav aria-label=\"Main\"><a class=\"brand\" href=\"/\">Cove</a><ul>\
-<li><a href=\"/\">Workspaces</a></li><li><a href=\"/new\">New workspace</a></li><li><a href=\"/tokens\">API tokens</a></li>\
+<li><a href=\"/\">Workspaces</a></li><li><a href=\"/new\">New workspace</a></li><li><a href=\"/secrets\">Secrets</a></li><li><a href=\"/tokens\">API tokens</a></li><li><a href=\"/sessions\">Sessions</a></li>\
 <li><a href=\"/usage\">Usage</a></li>{admin}</ul>\
 <form method=\"post\" action=\"/logout\" class=\"inline\">{csrf}<span class=\"muted\">Logged in as {user}.</span> \
 <button type=\"submit\">Log out</button></form></nav></header><main id=\"main\">{body}</main></body></html>",
@@ -173,6 +179,20 @@ pub fn message_page(session: &Session, status: StatusCode, title: &str, message:
         escape(message)
     );
     page_with_status(status, session, title, &body)
+}
+
+/// The notice for `?done=WORD` after a form on a workspace's page; unknown words show nothing.
+pub fn done_notice(word: &str) -> Option<String> {
+    let text = match word {
+        "secrets-refreshed" => "Secrets refreshed: the workspace gets the current set at its next start.",
+        "secret-set" => "Secret set. The workspace gets it after a refresh and its next start.",
+        "secret-deleted" => "Secret deleted. The workspace keeps its frozen copy until refreshed.",
+        "rebuilding" => "Rebuilding: Cove reads its devcontainer.json again; its state shows how it goes.",
+        "shared" => "Shared.",
+        "unshared" => "No longer shared with that user.",
+        _ => return None,
+    };
+    Some(format!("<p class=\"notice\" role=\"status\">{text}</p>"))
 }
 
 /// An error shown above a form that is shown again.

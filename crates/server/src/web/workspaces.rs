@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/w/{key}/state", post(set_state))
         .route("/w/{key}/delete", get(delete_form).post(delete))
         .route("/w/{key}/share", post(share))
+        .route("/w/{key}/rebuild", post(rebuild))
         .route("/w/{key}/logs", get(logs))
 }
 
@@ -382,7 +383,18 @@ async fn create(State(state): State<AppState>, session: Session, Form(form): For
     }
 }
 
-async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// What a form on this page just did (a fixed word, never text to show as is).
+    done: Option<String>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(key_): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
     let caller = session.caller();
     let ws = match workspaces::resolve(&state, &caller.0, &key_).await {
         Ok(ws) => ws,
@@ -419,14 +431,26 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
         let name = ws.name.as_str();
         let stop_note = format!("Stop {name}? Its processes end; its files stay.");
         let restart_note = format!("Restart {name}? Its processes end and start again.");
+        let rebuild_note = format!(
+            "Rebuild {name}? Cove reads its devcontainer.json again and applies it: its container is replaced \
+(processes end), its files stay."
+        );
+        let rebuild = format!(
+            "<form method=\"post\" action=\"/w/{k}/rebuild\" class=\"inline\" data-confirm=\"{}\">{}\
+<button type=\"submit\" id=\"action-rebuild\">Rebuild</button></form>",
+            escape(&rebuild_note),
+            csrf_field(&session)
+        );
         format!(
-            "<div class=\"actions\">{}{}{}<a class=\"button danger\" id=\"action-delete\" href=\"/w/{k}/delete\">Delete…</a></div>",
+            "<div class=\"actions\">{}{}{}{rebuild}<a class=\"button danger\" id=\"action-delete\" href=\"/w/{k}/delete\">Delete…</a></div>",
             form("running", "Start", None),
             form("stopped", "Stop", Some(&stop_note)),
             form("restart", "Restart", Some(&restart_note)),
         )
     };
     let apps = apps_html(&state, &session, &ws, owner).await;
+    let secrets = super::secrets::workspace_section(&state, &session, &ws, &k).await;
+    let sharing = super::sharing::section(&state, &session, &ws, &k).await;
     let source = match (&v.repo, &v.branch) {
         (Some(r), Some(b)) => format!("{} (branch {})", escape(r), escape(b)),
         (Some(r), None) => escape(r),
@@ -435,7 +459,7 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
     let idle =
         if v.idle_timeout_seconds == 0 { "never".into() } else { format_duration(u64::from(v.idle_timeout_seconds)) };
     let body = format!(
-        "<h1>{name}</h1><p class=\"muted\">Owned by {owner_name}. Created {created}.</p>\
+        "<h1>{name}</h1>{done}<p class=\"muted\">Owned by {owner_name}. Created {created}.</p>\
 <section aria-labelledby=\"h-state\" data-live-ws=\"{id}\"><h2 id=\"h-state\">State</h2><dl class=\"facts\">\
 <dt>State</dt><dd><span class=\"state state-{actual}\" id=\"ws-state\" data-field=\"state\" aria-live=\"polite\">{state}</span></dd>\
 <dt>Message</dt><dd data-field=\"message\">{message}</dd>\
@@ -443,13 +467,14 @@ async fn show(State(state): State<AppState>, session: Session, Path(key_): Path<
 <dt>Agent</dt><dd data-field=\"agent\">{agent}</dd>\
 <dt>Sessions</dt><dd data-field=\"sessions\">{sessions}</dd></dl></section>\
 <section aria-labelledby=\"h-actions\"><h2 id=\"h-actions\">Actions</h2>{open}{actions}</section>\
-<section aria-labelledby=\"h-apps\"><h2 id=\"h-apps\">Apps and ports</h2>{apps}</section>\
+<section aria-labelledby=\"h-apps\"><h2 id=\"h-apps\">Apps and ports</h2>{apps}</section>{sharing}{secrets}\
 <section aria-labelledby=\"h-spec\"><h2 id=\"h-spec\">Settings</h2><dl class=\"facts\">\
 <dt>Image</dt><dd><code>{image}</code></dd><dt>Repository</dt><dd>{source}</dd>\
 <dt>Size</dt><dd>{cpus} CPU, {memory}</dd><dt>Idle stop</dt><dd>after {idle}</dd><dt>Id</dt><dd><code id=\"ws-id\">{id}</code></dd></dl></section>\
 <section aria-labelledby=\"h-logs\"><h2 id=\"h-logs\">Logs</h2>\
 <pre id=\"logs\" class=\"logs\" tabindex=\"0\" data-src=\"/w/{k}/logs\" aria-label=\"Workspace logs\">Logs appear here while the workspace has a container.</pre></section>",
         name = escape(ws.name.as_str()),
+        done = q.done.as_deref().and_then(super::done_notice).unwrap_or_default(),
         owner_name = escape(ws.owner_name.as_str()),
         created = when(ws.created_at),
         id = ws.id,
@@ -644,6 +669,14 @@ async fn share(
             .await;
     match result {
         Ok(_) => see_other(&format!("/w/{}", cove_core::percent_encode(&key_))),
+        Err(e) => error_page(&session, &e),
+    }
+}
+
+/// Rebuild: the API's handler reads devcontainer.json again and applies it in the background.
+async fn rebuild(State(state): State<AppState>, session: Session, Path(key_): Path<String>) -> Response {
+    match crate::devcontainers::rebuild(State(state), session.caller(), Path(key_.clone())).await {
+        Ok(_) => see_other(&format!("/w/{}?done=rebuilding", cove_core::percent_encode(&key_))),
         Err(e) => error_page(&session, &e),
     }
 }
