@@ -57,6 +57,8 @@ async fn api() -> Api {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         logins: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
         oidc: None,
     };
     Api { router: cove_server::router(state), token, store, alice: user, _dir: dir }

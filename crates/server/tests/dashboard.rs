@@ -49,6 +49,8 @@ async fn dash(public_url: &str) -> Dash {
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         oidc: None,
         logins: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
     };
     Dash { router: cove_server::router(state), store, _dir: dir }
 }

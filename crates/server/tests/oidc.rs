@@ -136,6 +136,8 @@ async fn world() -> World {
         metrics: Arc::default(),
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         logins: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
         oidc: Some(Arc::new(oidc)),
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
