@@ -128,10 +128,14 @@ pub struct AccessCache {
     tokens: Mutex<HashMap<String, (UserId, TokenScope, Instant)>>,
     /// Dashboard session -> whether it still exists and its user is enabled.
     sessions: Mutex<HashMap<TokenId, (bool, Instant)>>,
+    /// Bumped by every invalidation: an answer read from the store before one is not kept
+    /// (a revoke racing a cache miss must not leave the old answer for a whole TTL).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl AccessCache {
     pub fn invalidate(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
@@ -139,6 +143,10 @@ impl AccessCache {
     fn token(&self, hash: &str) -> Option<(UserId, TokenScope)> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.get(hash).filter(|(_, _, at)| at.elapsed() < TOKEN_TTL).map(|(user, scope, _)| (*user, *scope))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn session(&self, id: TokenId) -> Option<bool> {
@@ -220,11 +228,14 @@ impl AppGate {
         if let Some(found) = self.state.access.token(&hash) {
             return Some(found);
         }
+        let generation = self.state.access.generation();
         let (token, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
         // A token never outranks its user (as in the API).
         let scope = token.scope.min(TokenScope::widest_for(user.role));
         let mut tokens = self.state.access.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.insert(hash, (user.id, scope, Instant::now()));
+        if self.state.access.generation() == generation {
+            tokens.insert(hash, (user.id, scope, Instant::now()));
+        }
         Some((user.id, scope))
     }
 
@@ -234,6 +245,7 @@ impl AppGate {
         if let Some(live) = self.state.access.session(session.session) {
             return live;
         }
+        let generation = self.state.access.generation();
         let store = self.state.store.as_ref();
         let live = match (store.user_get(session.user).await, store.session_list_by_user(session.user).await) {
             (Ok(user), Ok(sessions)) => !user.disabled && sessions.iter().any(|s| s.token.id == session.session),
@@ -244,7 +256,10 @@ impl AppGate {
             }
         };
         let mut sessions = self.state.access.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.insert(session.session, (live, Instant::now()));
+        // Checked under the lock invalidate also takes after bumping: no stale insert slips in.
+        if self.state.access.generation() == generation {
+            sessions.insert(session.session, (live, Instant::now()));
+        }
         live
     }
 
