@@ -210,6 +210,7 @@ pub async fn revoke_session(
     }
     match state.store.token_delete(user.id, id).await {
         Ok(()) => {
+            state.access.invalidate();
             tracing::info!(user = %user.name, session = %id, "session revoked");
             Ok(StatusCode::NO_CONTENT)
         }

@@ -332,6 +332,8 @@ pub async fn user_patch(
     };
     let patch = cove_store::UserPatch { disabled: body.disabled, password_hash };
     let user = state.store.user_patch(user.id, patch).await?;
+    // A disabled user's tokens and app cookies stop working at once in the proxy too.
+    state.access.invalidate();
     tracing::info!(admin = %caller.0.name, user = %user.name, disabled = user.disabled, "user changed");
     Ok(user)
 }
@@ -459,7 +461,10 @@ async fn delete_token(
     let not_found = || ApiError::NotFound(format!("token {id} not found; list yours with `cove tokens ls`"));
     let token_id = id.parse().map_err(|_| not_found())?;
     match state.store.token_delete(user.id, token_id).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            state.access.invalidate();
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(cove_store::StoreError::NotFound) => Err(not_found()),
         Err(e) => Err(e.into()),
     }

@@ -344,11 +344,15 @@ async fn run(state: &AppState, id: WorkspaceId, mode: Mode) -> Result<(), String
     }
     // The caller's quota, for what hostRequirements asks beyond the current resources.
     let ws = state.store.workspace_get(id).await.map_err(|e| fail("apply devcontainer.json", e.to_string()))?;
-    if plan.resources != ws.spec.resources {
-        crate::quotas::check_patch(state, &ws, Some(&plan.resources), None)
+    // Held until the new resources are written, as for a patch.
+    let _permit = if plan.resources != ws.spec.resources {
+        let permit = crate::quotas::check_patch(state, &ws, Some(&plan.resources), None)
             .await
             .map_err(|e| fail("hostRequirements", e.to_string()))?;
-    }
+        Some(permit)
+    } else {
+        None
+    };
     let before = ws.spec.hash();
     let apply = cove_store::DevcontainerApply {
         image: plan.image.clone(),

@@ -12,7 +12,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::agent;
-use cove_core::{hash_token, ActualState, DesiredState, Name, ShareLevel, UserId, Workspace, WorkspaceId};
+use cove_core::{
+    hash_token, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace, WorkspaceId,
+};
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
 use serde_json::json;
@@ -25,6 +27,9 @@ use crate::{pages, AppState};
 /// through the API or by the reconciler in this process clear the cache at once; this
 /// bounds anything else (a hand edit of the database).
 const ROUTE_TTL: Duration = Duration::from_secs(5);
+/// How long a bearer token's answer, or whether an app cookie's dashboard session still
+/// lives (and its user is enabled), is reused. Revoking, logging out or disabling through
+/// this process clears [`AccessCache`] at once; this bounds anything else.
 const TOKEN_TTL: Duration = Duration::from_secs(10);
 /// How long a request waits for the app's port right after a wake or start (the app may
 /// still be starting). The gate probes the port itself, once per container start and
@@ -114,14 +119,48 @@ impl RouteCache {
     }
 }
 
+/// What the gate learnt about credentials, reused for [`TOKEN_TTL`]: the per-request
+/// path then asks the database nothing. Shared with the API, which clears it whenever a
+/// token or session is deleted or a user changed.
+#[derive(Default)]
+pub struct AccessCache {
+    /// Token hash -> its user and the scope it acts with (never above the user's role).
+    tokens: Mutex<HashMap<String, (UserId, TokenScope, Instant)>>,
+    /// Dashboard session -> whether it still exists and its user is enabled.
+    sessions: Mutex<HashMap<TokenId, (bool, Instant)>>,
+    /// Bumped by every invalidation: an answer read from the store before one is not kept
+    /// (a revoke racing a cache miss must not leave the old answer for a whole TTL).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl AccessCache {
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn token(&self, hash: &str) -> Option<(UserId, TokenScope)> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(hash).filter(|(_, _, at)| at.elapsed() < TOKEN_TTL).map(|(user, scope, _)| (*user, *scope))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn session(&self, id: TokenId) -> Option<bool> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(&id).filter(|(_, at)| at.elapsed() < TOKEN_TTL).map(|(live, _)| *live)
+    }
+}
+
 pub struct AppGate {
     pub state: AppState,
     pub signer: Arc<Signer>,
     pub activity: Arc<Activity>,
     pub metrics: Arc<cove_proxy::Metrics>,
     addresses: Mutex<HashMap<WorkspaceId, (i64, IpAddr)>>,
-    /// Token hash -> its user, and when that was read: the gate needs only the id.
-    tokens: Mutex<HashMap<String, (UserId, Instant)>>,
     /// (workspace, port, actual generation) seen accepting connections since that start.
     listening: Mutex<std::collections::HashSet<(WorkspaceId, u16, i64)>>,
 }
@@ -130,7 +169,7 @@ pub struct AppGate {
 enum Identity {
     Anonymous,
     Session(UserId),
-    Bearer(UserId),
+    Bearer(UserId, TokenScope),
 }
 
 impl Identity {
@@ -138,7 +177,7 @@ impl Identity {
         match self {
             Identity::Anonymous => None,
             Identity::Session(id) => Some(*id),
-            Identity::Bearer(id) => Some(*id),
+            Identity::Bearer(id, _) => Some(*id),
         }
     }
 }
@@ -150,15 +189,7 @@ impl AppGate {
         activity: Arc<Activity>,
         metrics: Arc<cove_proxy::Metrics>,
     ) -> Self {
-        Self {
-            state,
-            signer,
-            activity,
-            metrics,
-            addresses: Mutex::default(),
-            tokens: Mutex::default(),
-            listening: Mutex::default(),
-        }
+        Self { state, signer, activity, metrics, addresses: Mutex::default(), listening: Mutex::default() }
     }
 
     async fn resolve(&self, host: &AppHost) -> Result<Option<Arc<Route>>, StoreError> {
@@ -173,7 +204,7 @@ impl AppGate {
     async fn authenticate(&self, parts: &http::request::Parts, host: &AppHost) -> Result<Identity, Response> {
         if let Some(secret) = bearer(parts) {
             return match self.bearer_user(secret).await {
-                Some(user) => Ok(Identity::Bearer(user)),
+                Some((user, scope)) => Ok(Identity::Bearer(user, scope)),
                 None => Err(pages::json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
@@ -183,19 +214,53 @@ impl AppGate {
         }
         let session =
             cookie(&parts.headers, APP_COOKIE).and_then(|c| self.signer.check_session(c, &host.host, Utc::now()).ok());
-        Ok(session.map_or(Identity::Anonymous, |s| Identity::Session(s.user)))
+        let Some(session) = session else {
+            return Ok(Identity::Anonymous);
+        };
+        // A cookie whose dashboard session ended (or whose user was disabled) is no login:
+        // the browser goes through the login again, as without one.
+        Ok(if self.session_live(&session).await { Identity::Session(session.user) } else { Identity::Anonymous })
     }
 
-    async fn bearer_user(&self, secret: &str) -> Option<UserId> {
+    /// The user of a bearer token and the scope it acts with.
+    async fn bearer_user(&self, secret: &str) -> Option<(UserId, TokenScope)> {
         let hash = hash_token(secret);
-        if let Some((user, at)) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
-            if at.elapsed() < TOKEN_TTL {
-                return Some(*user);
-            }
+        if let Some(found) = self.state.access.token(&hash) {
+            return Some(found);
         }
-        let (_, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.id, Instant::now()));
-        Some(user.id)
+        let generation = self.state.access.generation();
+        let (token, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
+        // A token never outranks its user (as in the API).
+        let scope = token.scope.min(TokenScope::widest_for(user.role));
+        let mut tokens = self.state.access.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if self.state.access.generation() == generation {
+            tokens.insert(hash, (user.id, scope, Instant::now()));
+        }
+        Some((user.id, scope))
+    }
+
+    /// Whether the dashboard session an app cookie came from still exists and its user is
+    /// enabled. A store error counts as "no" without being remembered.
+    async fn session_live(&self, session: &crate::tickets::AppSession) -> bool {
+        if let Some(live) = self.state.access.session(session.session) {
+            return live;
+        }
+        let generation = self.state.access.generation();
+        let store = self.state.store.as_ref();
+        let live = match (store.user_get(session.user).await, store.session_list_by_user(session.user).await) {
+            (Ok(user), Ok(sessions)) => !user.disabled && sessions.iter().any(|s| s.token.id == session.session),
+            (Err(StoreError::NotFound), _) => false,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "proxy could not check an app cookie's session");
+                return false;
+            }
+        };
+        let mut sessions = self.state.access.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock invalidate also takes after bumping: no stale insert slips in.
+        if self.state.access.generation() == generation {
+            sessions.insert(session.session, (live, Instant::now()));
+        }
+        live
     }
 
     /// The ticket exchange: `/__cove/auth?ticket=...` sets the host's session cookie.
@@ -203,7 +268,7 @@ impl AppGate {
         let ticket = query_param(parts.uri.query().unwrap_or(""), "ticket").unwrap_or_default();
         match self.signer.redeem(&ticket, &host.host, Utc::now()) {
             Ok(ticket) => {
-                let session = self.signer.session(&host.host, ticket.user, Utc::now());
+                let session = self.signer.session(&host.host, &ticket, Utc::now());
                 let path = if ticket.path.starts_with('/') && !ticket.path.starts_with("//") {
                     ticket.path
                 } else {
@@ -296,6 +361,15 @@ impl AppGate {
             Some(target) => target,
             None => return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string()))),
         };
+        if let Identity::Bearer(_, TokenScope::Read) = identity {
+            if !read_may(parts, target) {
+                return Ok(Verdict::Respond(pages::json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this token's scope is read: through the proxy it may only GET, HEAD or OPTIONS an app's port (no WebSocket, terminal or editor); make one with `cove tokens create NAME --scope write`",
+                )));
+            }
+        }
         // The same rule the runtime mounts the editor by.
         if target == Target::Editor && cove_runtime::editor::current(&self.state.config.data_dir).is_none() {
             return Ok(Verdict::Respond(pages::html(
@@ -321,17 +395,21 @@ impl AppGate {
             None => {
                 self.state.routes.invalidate();
                 let fresh = self.state.store.workspace_get(ws.id).await?;
-                if fresh.desired == DesiredState::Stopped {
-                    // A wake is a start like any other: it must fit in the running quota.
+                // A wake is a start like any other: it must fit in the running quota, and the
+                // permit is held until the wish to run is written.
+                let permit = if fresh.desired == DesiredState::Stopped {
                     match crate::quotas::check_running(&self.state, fresh.owner, Some(fresh.id)).await {
-                        Ok(()) => {}
+                        Ok(permit) => Some(permit),
                         Err(crate::error::ApiError::Conflict(message)) => {
                             return Ok(Verdict::Respond(pages::over_quota(&fresh, &message, browser)));
                         }
                         Err(e) => return Ok(Verdict::Respond(axum::response::IntoResponse::into_response(e))),
                     }
-                }
+                } else {
+                    None
+                };
                 let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
+                drop(permit);
                 let recently_woken = Utc::now() - ws.updated_at < RECENT;
                 let ws = if running(&ws) {
                     ws
@@ -384,7 +462,7 @@ impl AppGate {
             label: label(&ws),
             upstream,
             headers,
-            strip_authorization: matches!(identity, Identity::Bearer(_)),
+            strip_authorization: matches!(identity, Identity::Bearer(..)),
             connect_patience: Duration::ZERO,
             // An idle VS Code tab keeps sending keep-alives: only real traffic counts there.
             websocket_activity: if target == Target::Editor {
@@ -475,6 +553,16 @@ impl Target {
             App::Named(_) => None,
         }
     }
+}
+
+/// What a `read` token may do through the proxy: look (GET, HEAD, OPTIONS) at an app's
+/// port, without upgrading to a WebSocket. The terminal and the editor are shells, so
+/// not even their pages. (Such a request may still wake a stopped workspace, as opening
+/// an app always does.)
+fn read_may(parts: &http::request::Parts, target: Target) -> bool {
+    use http::Method;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    safe && matches!(target, Target::Port(_)) && !parts.headers.contains_key(header::UPGRADE)
 }
 
 /// The headers that open the agent's endpoint for one of its apps.

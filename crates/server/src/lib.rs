@@ -123,6 +123,11 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub instance: String,
     pub routes: Arc<gate::RouteCache>,
+    /// Bearer tokens and app cookies' sessions the proxy checked; cleared on revoke,
+    /// logout or a user change.
+    pub access: Arc<gate::AccessCache>,
+    /// One at a time per user: a quota check and the write it allows.
+    pub quota_locks: Arc<quotas::Locks>,
     pub activity: Arc<activity::Activity>,
     pub signer: Arc<tickets::Signer>,
     pub metrics: Arc<cove_proxy::Metrics>,
@@ -366,6 +371,8 @@ fn assemble(
         config: Arc::new(config.clone()),
         instance,
         routes,
+        access: Arc::default(),
+        quota_locks: Arc::default(),
         activity,
         signer,
         metrics,

@@ -2,15 +2,32 @@
 //! workspace, make one bigger, or want one more running (create, patch, the proxy's wake).
 //!
 //! The checks count what the store wants (desired state), not what runs: a workspace asked
-//! to run counts from that moment, so two quick requests cannot both slip under the limit
-//! once the first is written. (Two truly concurrent creates may still both pass; the next
-//! request then sees the excess.)
+//! to run counts from that moment. Each check takes its user's lock and hands it back as a
+//! [`Permit`] that the caller holds until it has written the workspace it checked: two
+//! concurrent creates or starts by one user run one after the other, so both cannot pass.
+//! (One server process writes workspaces, so an in-process lock is enough.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use cove_core::{format_size, DesiredState, Resources, UserId, Workspace, WorkspaceId};
 use cove_store::Quotas;
 
 use crate::error::ApiError;
 use crate::AppState;
+
+/// A lock per user, taken by quota checks only (never by proxied requests on the fast path).
+#[derive(Default)]
+pub struct Locks(Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A passed quota check: hold it until the change it allowed is written.
+#[must_use = "hold the permit until the workspace is written, or the quota check can race"]
+pub struct Permit(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+async fn lock(state: &AppState, owner: UserId) -> Permit {
+    let lock = state.quota_locks.0.lock().unwrap_or_else(|p| p.into_inner()).entry(owner).or_default().clone();
+    Permit(lock.lock_owned().await)
+}
 
 fn wants_running(d: DesiredState) -> bool {
     matches!(d, DesiredState::Running | DesiredState::RestartRequested)
@@ -43,7 +60,13 @@ pub fn check_resources(quotas: &Quotas, resources: &Resources) -> Result<(), Api
 
 /// Refuses one more running workspace for `owner` when they are at the limit. `except`
 /// is the workspace being started (it does not count against itself).
-pub async fn check_running(state: &AppState, owner: UserId, except: Option<WorkspaceId>) -> Result<(), ApiError> {
+pub async fn check_running(state: &AppState, owner: UserId, except: Option<WorkspaceId>) -> Result<Permit, ApiError> {
+    let permit = lock(state, owner).await;
+    running_fits(state, owner, except).await?;
+    Ok(permit)
+}
+
+async fn running_fits(state: &AppState, owner: UserId, except: Option<WorkspaceId>) -> Result<(), ApiError> {
     let Some(max) = state.store.quota_get().await?.max_running else {
         return Ok(());
     };
@@ -62,7 +85,8 @@ pub async fn check_create(
     owner: UserId,
     resources: &Resources,
     desired: DesiredState,
-) -> Result<(), ApiError> {
+) -> Result<Permit, ApiError> {
+    let permit = lock(state, owner).await;
     let quotas = state.store.quota_get().await?;
     check_resources(&quotas, resources)?;
     if let Some(max) = quotas.max_workspaces {
@@ -74,9 +98,9 @@ pub async fn check_create(
         }
     }
     if wants_running(desired) {
-        check_running(state, owner, None).await?;
+        running_fits(state, owner, None).await?;
     }
-    Ok(())
+    Ok(permit)
 }
 
 /// A change to `ws`: its new resources, and whether it would start running.
@@ -85,14 +109,15 @@ pub async fn check_patch(
     ws: &Workspace,
     resources: Option<&Resources>,
     desired: Option<DesiredState>,
-) -> Result<(), ApiError> {
+) -> Result<Permit, ApiError> {
+    let permit = lock(state, ws.owner).await;
     if let Some(resources) = resources {
         check_resources(&state.store.quota_get().await?, resources)?;
     }
     if desired.is_some_and(wants_running) && !wants_running(ws.desired) {
-        check_running(state, ws.owner, Some(ws.id)).await?;
+        running_fits(state, ws.owner, Some(ws.id)).await?;
     }
-    Ok(())
+    Ok(permit)
 }
 
 /// For the API: quotas as people write them (CPUs, bytes).

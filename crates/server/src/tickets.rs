@@ -5,6 +5,10 @@
 //! host trades it for an *app session*: a signed cookie bound to that host alone. Both
 //! are HMAC-SHA256 over a small JSON payload, keyed by a secret kept in the data directory
 //! (not the database), so the proxy needs no database write to check a session.
+//!
+//! Both carry the id of the dashboard session they came from: an app session lasts only
+//! as long as that session does (the gate checks it, through a short cache), so logging
+//! out, revoking the session or disabling the user closes the app hosts too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +17,7 @@ use std::sync::Mutex;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
-use cove_core::UserId;
+use cove_core::{TokenId, UserId};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,8 @@ pub struct Ticket {
     /// The app host (with port) it may be traded on.
     pub host: String,
     pub user: UserId,
+    /// The dashboard session (its token) that asked for the ticket.
+    pub session: TokenId,
     /// Where to go on that host afterwards.
     pub path: String,
     pub expires: i64,
@@ -38,6 +44,9 @@ pub struct Ticket {
 pub struct AppSession {
     pub host: String,
     pub user: UserId,
+    /// The dashboard session it came from: it ends with it. (A cookie from before this
+    /// field existed fails to parse, so it is refused: fail closed.)
+    pub session: TokenId,
     pub expires: i64,
 }
 
@@ -91,12 +100,13 @@ impl Signer {
         mac.finalize().into_bytes().into()
     }
 
-    pub fn ticket(&self, host: &str, user: UserId, path: &str, now: DateTime<Utc>) -> String {
+    pub fn ticket(&self, host: &str, user: UserId, session: TokenId, path: &str, now: DateTime<Utc>) -> String {
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         let ticket = Ticket {
             host: host.to_string(),
             user,
+            session,
             path: path.to_string(),
             expires: (now + TICKET_TTL).timestamp(),
             nonce: hex::encode(nonce),
@@ -121,8 +131,10 @@ impl Signer {
         Ok(ticket)
     }
 
-    pub fn session(&self, host: &str, user: UserId, now: DateTime<Utc>) -> String {
-        self.sign(&AppSession { host: host.to_string(), user, expires: (now + SESSION_TTL).timestamp() })
+    /// The app session a redeemed ticket is traded for, bound to the same dashboard session.
+    pub fn session(&self, host: &str, ticket: &Ticket, now: DateTime<Utc>) -> String {
+        let expires = (now + SESSION_TTL).timestamp();
+        self.sign(&AppSession { host: host.to_string(), user: ticket.user, session: ticket.session, expires })
     }
 
     pub fn check_session(&self, token: &str, host: &str, now: DateTime<Utc>) -> Result<AppSession, TicketError> {
@@ -180,12 +192,12 @@ mod tests {
         let signer = Signer::with_key([7; 32]);
         let user = UserId::new_random();
         let now = Utc::now();
-        let t = signer.ticket(HOST, user, "/x?y=1", now);
+        let t = signer.ticket(HOST, user, TokenId::new_random(), "/x?y=1", now);
         assert_eq!(signer.redeem(&t, "8080--web--ada.localhost:7080", now), Err(TicketError::WrongHost));
         let ticket = signer.redeem(&t, HOST, now).unwrap();
         assert_eq!((ticket.user, ticket.path.as_str()), (user, "/x?y=1"));
         assert_eq!(signer.redeem(&t, HOST, now), Err(TicketError::Reused));
-        let late = signer.ticket(HOST, user, "/", now);
+        let late = signer.ticket(HOST, user, TokenId::new_random(), "/", now);
         assert_eq!(signer.redeem(&late, HOST, now + TICKET_TTL), Err(TicketError::Expired));
     }
 
@@ -194,9 +206,9 @@ mod tests {
         let signer = Signer::with_key([7; 32]);
         let other = Signer::with_key([8; 32]);
         let now = Utc::now();
-        let t = other.ticket(HOST, UserId::new_random(), "/", now);
+        let t = other.ticket(HOST, UserId::new_random(), TokenId::new_random(), "/", now);
         assert_eq!(signer.redeem(&t, HOST, now), Err(TicketError::Forged));
-        let genuine = signer.ticket(HOST, UserId::new_random(), "/", now);
+        let genuine = signer.ticket(HOST, UserId::new_random(), TokenId::new_random(), "/", now);
         let (body, sig) = genuine.split_once('.').unwrap();
         let tampered = format!("{}A.{sig}", &body[..body.len() - 1]);
         assert!(matches!(signer.redeem(&tampered, HOST, now), Err(TicketError::Forged | TicketError::Malformed)));
@@ -208,8 +220,11 @@ mod tests {
         let signer = Signer::with_key([7; 32]);
         let user = UserId::new_random();
         let now = Utc::now();
-        let s = signer.session(HOST, user, now);
-        assert_eq!(signer.check_session(&s, HOST, now).unwrap().user, user);
+        let session = TokenId::new_random();
+        let ticket = signer.redeem(&signer.ticket(HOST, user, session, "/", now), HOST, now).unwrap();
+        let s = signer.session(HOST, &ticket, now);
+        let checked = signer.check_session(&s, HOST, now).unwrap();
+        assert_eq!((checked.user, checked.session), (user, session));
         assert_eq!(signer.check_session(&s, "8080--web--ada.localhost:7080", now), Err(TicketError::WrongHost));
         assert_eq!(signer.check_session(&s, HOST, now + SESSION_TTL), Err(TicketError::Expired));
     }

@@ -99,7 +99,7 @@ async fn wake(state: &AppState, ws: &Workspace) -> Result<(), ApiError> {
     if fresh.desired != DesiredState::Stopped {
         return Ok(());
     }
-    crate::quotas::check_running(state, fresh.owner, Some(fresh.id)).await?;
+    let _permit = crate::quotas::check_running(state, fresh.owner, Some(fresh.id)).await?;
     let patch = WorkspacePatch { desired: Some(DesiredState::Running), ..Default::default() };
     match state.store.workspace_patch(ws.id, patch, Some(fresh.generation)).await {
         Ok(_) => {

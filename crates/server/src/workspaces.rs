@@ -56,7 +56,8 @@ pub async fn create(state: &AppState, caller: &User, req: CreateWorkspace) -> Re
     if let Some(path) = &req.devcontainer_path {
         cove_core::workspace::check_devcontainer_path(path).map_err(ApiError::InvalidRequest)?;
     }
-    crate::quotas::check_create(state, caller.id, &resources, desired).await?;
+    // Held until the workspace is written: a concurrent create waits, then counts it.
+    let _permit = crate::quotas::check_create(state, caller.id, &resources, desired).await?;
     let new = NewWorkspace {
         name,
         owner: caller.id,
@@ -110,9 +111,10 @@ pub async fn patch(state: &AppState, ws: Workspace, req: PatchWorkspace) -> Resu
             "nothing to change; give desired_state, cpus, memory, disk or idle_timeout_seconds".into(),
         ));
     }
-    crate::quotas::check_patch(state, &ws, resources.as_ref(), req.desired_state).await?;
+    let permit = crate::quotas::check_patch(state, &ws, resources.as_ref(), req.desired_state).await?;
     let patch = WorkspacePatch { desired: req.desired_state, resources, idle_timeout_seconds };
     let ws = state.store.workspace_patch(ws.id, patch, None).await?;
+    drop(permit);
     state.routes.invalidate();
     state.reconciler.poke();
     Ok(ws)

@@ -55,6 +55,8 @@ async fn api() -> Api {
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         builds: Arc::default(),
         logins: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
         oidc: None,
     };
     Api { router: cove_server::router(state), store, dir }

@@ -50,6 +50,8 @@ async fn dash(public_url: &str) -> Dash {
         oidc: None,
         logins: Arc::default(),
         builds: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
     };
     Dash { router: cove_server::router(state), store, _dir: dir }
 }

@@ -137,6 +137,8 @@ async fn world() -> World {
         agents: Arc::new(cove_server::agents::Agents::new(None)),
         builds: Arc::default(),
         logins: Arc::default(),
+        access: Arc::default(),
+        quota_locks: Arc::default(),
         oidc: Some(Arc::new(oidc)),
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));

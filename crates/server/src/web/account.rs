@@ -131,7 +131,11 @@ async fn revoke(State(state): State<AppState>, session: Session, Path(id): Path<
     let Ok(token_id) = id.parse() else {
         return error_page(&session, &not_found);
     };
-    match state.store.token_delete(session.user.id, token_id).await {
+    let deleted = state.store.token_delete(session.user.id, token_id).await;
+    if deleted.is_ok() {
+        state.access.invalidate();
+    }
+    match deleted {
         // Revoking this browser's own token logs it out.
         Ok(()) if token_id == session.token.id => see_other("/login"),
         Ok(()) => see_other("/tokens"),
