@@ -139,6 +139,36 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
+impl AppState {
+    /// A state with nothing of its own running (no activity loops, no agents' control
+    /// sockets) and empty caches, around the parts given: what tests route requests through.
+    pub fn bare(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        reconciler: Handle,
+        config: Config,
+        signer: tickets::Signer,
+    ) -> Self {
+        AppState {
+            store,
+            backend,
+            reconciler,
+            config: Arc::new(config),
+            instance: "test".into(),
+            routes: Arc::default(),
+            access: Arc::default(),
+            quota_locks: Arc::default(),
+            activity: Arc::default(),
+            signer: Arc::new(signer),
+            metrics: Arc::default(),
+            agents: Arc::new(agents::Agents::new(None)),
+            builds: Arc::default(),
+            logins: Arc::default(),
+            oidc: None,
+        }
+    }
+}
+
 /// A started server: where it listens and what it said on the way up.
 pub struct Server {
     pub addr: SocketAddr,

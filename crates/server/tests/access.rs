@@ -42,23 +42,8 @@ async fn api() -> Api {
     config.reconcile = reconcile;
     config.public_url = "http://localhost:7080".into();
     cove_server::secrets::check_key(store.as_ref(), dir.path()).await.unwrap();
-    let state = AppState {
-        store: store.clone(),
-        backend: fake,
-        reconciler,
-        config: Arc::new(config),
-        instance: "test".into(),
-        routes: Arc::default(),
-        activity: Arc::default(),
-        signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
-        metrics: Arc::default(),
-        agents: Arc::new(cove_server::agents::Agents::new(None)),
-        builds: Arc::default(),
-        logins: Arc::default(),
-        access: Arc::default(),
-        quota_locks: Arc::default(),
-        oidc: None,
-    };
+    let state =
+        AppState::bare(store.clone(), fake, reconciler, config, cove_server::tickets::Signer::with_key([1; 32]));
     Api { router: cove_server::router(state), store, dir }
 }
 

@@ -45,23 +45,8 @@ async fn api() -> Api {
     config.default_image = "img:1".into();
     config.reconcile = reconcile;
     config.public_url = "http://localhost:7080".into();
-    let state = AppState {
-        store: store.clone(),
-        backend: fake,
-        reconciler,
-        config: Arc::new(config),
-        instance: "test".into(),
-        routes: Arc::default(),
-        activity: Arc::default(),
-        signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
-        metrics: Arc::default(),
-        agents: Arc::new(cove_server::agents::Agents::new(None)),
-        builds: Arc::default(),
-        logins: Arc::default(),
-        access: Arc::default(),
-        quota_locks: Arc::default(),
-        oidc: None,
-    };
+    let state =
+        AppState::bare(store.clone(), fake, reconciler, config, cove_server::tickets::Signer::with_key([1; 32]));
     Api { router: cove_server::router(state), token, store, alice: user, _dir: dir }
 }
 

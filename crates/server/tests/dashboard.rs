@@ -36,23 +36,8 @@ async fn dash(public_url: &str) -> Dash {
     config.default_image = "img:1".into();
     config.reconcile = reconcile;
     config.public_url = public_url.into();
-    let state = AppState {
-        store: store.clone(),
-        backend: fake,
-        reconciler,
-        config: Arc::new(config),
-        instance: "test".into(),
-        routes: Arc::default(),
-        activity: Arc::default(),
-        signer: Arc::new(cove_server::tickets::Signer::with_key([1; 32])),
-        metrics: Arc::default(),
-        agents: Arc::new(cove_server::agents::Agents::new(None)),
-        oidc: None,
-        logins: Arc::default(),
-        builds: Arc::default(),
-        access: Arc::default(),
-        quota_locks: Arc::default(),
-    };
+    let state =
+        AppState::bare(store.clone(), fake, reconciler, config, cove_server::tickets::Signer::with_key([1; 32]));
     Dash { router: cove_server::router(state), store, _dir: dir }
 }
 

@@ -125,21 +125,8 @@ async fn world() -> World {
     // Keep draining the provider's stdout so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in stdout.lines() {});
     let state = AppState {
-        store: store.clone(),
-        backend: fake,
-        reconciler,
-        config: Arc::new(config),
-        instance: "test".into(),
-        routes: Arc::default(),
-        activity: Arc::default(),
-        signer: Arc::new(Signer::with_key([3; 32])),
-        metrics: Arc::default(),
-        agents: Arc::new(cove_server::agents::Agents::new(None)),
-        builds: Arc::default(),
-        logins: Arc::default(),
-        access: Arc::default(),
-        quota_locks: Arc::default(),
         oidc: Some(Arc::new(oidc)),
+        ..AppState::bare(store.clone(), fake, reconciler, config, Signer::with_key([3; 32]))
     };
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
     let app = cove_server::router(state);

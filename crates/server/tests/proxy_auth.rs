@@ -80,23 +80,7 @@ async fn world_waiting(wake_wait: Duration) -> World {
     config.reconcile = reconcile;
     config.public_url = format!("http://localhost:{port}");
     config.wake_wait = wake_wait;
-    let state = AppState {
-        store: store.clone(),
-        backend: fake,
-        reconciler: reconciler.clone(),
-        config: Arc::new(config),
-        instance: "test".into(),
-        routes: Arc::default(),
-        activity: Arc::default(),
-        signer: Arc::new(Signer::with_key(KEY)),
-        metrics: Arc::default(),
-        agents: Arc::new(cove_server::agents::Agents::new(None)),
-        builds: Arc::default(),
-        logins: Arc::default(),
-        access: Arc::default(),
-        quota_locks: Arc::default(),
-        oidc: None,
-    };
+    let state = AppState::bare(store.clone(), fake, reconciler.clone(), config, Signer::with_key(KEY));
     let proxy = Arc::new(cove_server::proxy_for(state.clone()));
     let app = cove_server::router(state);
     tokio::spawn(async move { cove_proxy::serve(listener, proxy, app).await });
