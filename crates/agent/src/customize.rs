@@ -233,15 +233,7 @@ mod tests {
     #[test]
     fn settings_are_written_and_removed_with_the_configuration() {
         let dir = tempfile::tempdir().unwrap();
-        let user = WorkspaceUser {
-            name: "me".into(),
-            uid: nix::unistd::Uid::effective().as_raw(),
-            gid: nix::unistd::Gid::effective().as_raw(),
-            home: dir.path().into(),
-            shell: "/bin/sh".into(),
-            switch: false,
-            secrets: crate::user::SecretEnv::default(),
-        };
+        let user = WorkspaceUser::current(dir.path());
         let mut vscode = VsCode::default();
         vscode.settings.insert("editor.fontSize".into(), 19.into());
         write_settings(&user, dir.path(), &vscode).unwrap();

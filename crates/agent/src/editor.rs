@@ -340,15 +340,7 @@ mod tests {
         let node = dir.path().join("node/bin/node");
         std::fs::write(&node, script).unwrap();
         std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let user = WorkspaceUser {
-            name: "me".into(),
-            uid: nix::unistd::Uid::effective().as_raw(),
-            gid: nix::unistd::Gid::effective().as_raw(),
-            home: dir.path().into(),
-            shell: "/bin/sh".into(),
-            switch: false,
-            secrets: crate::user::SecretEnv::default(),
-        };
+        let user = WorkspaceUser::current(dir.path());
         let config =
             EditorConfig { dir: dir.path().into(), socket: dir.path().join("code.sock"), folder: dir.path().into() };
         let editor = start(config, Arc::new(user), Lifecycle::default()).unwrap();

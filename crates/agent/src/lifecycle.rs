@@ -449,15 +449,7 @@ mod tests {
     use std::path::Path;
 
     fn user(home: &Path) -> WorkspaceUser {
-        WorkspaceUser {
-            name: "tester".into(),
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            home: home.to_path_buf(),
-            shell: "/bin/sh".into(),
-            switch: false,
-            secrets: crate::user::SecretEnv::default(),
-        }
+        WorkspaceUser::current(home)
     }
 
     fn shell(s: &str) -> Command {

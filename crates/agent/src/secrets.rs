@@ -155,15 +155,7 @@ mod tests {
     #[test]
     fn delivers_files_and_env_under_the_root() {
         let root = tempfile::tempdir().unwrap();
-        let user = WorkspaceUser {
-            name: "me".into(),
-            uid: Uid::effective().as_raw(),
-            gid: Gid::effective().as_raw(),
-            home: root.path().join("home"),
-            shell: "/bin/sh".into(),
-            switch: false,
-            secrets: crate::user::SecretEnv::default(),
-        };
+        let user = WorkspaceUser::current(&root.path().join("home"));
         let set = vec![
             DeliveredSecret { name: "API_KEY".into(), file: false, value: "k=1 2".into() },
             DeliveredSecret { name: "id_rsa".into(), file: true, value: "-----KEY-----\n".into() },

@@ -50,6 +50,20 @@ pub struct Prepared {
 }
 
 impl WorkspaceUser {
+    /// The user running the tests, with `home`: processes run as it without switching.
+    #[cfg(test)]
+    pub(crate) fn current(home: &std::path::Path) -> Self {
+        WorkspaceUser {
+            name: "me".into(),
+            uid: nix::unistd::Uid::effective().as_raw(),
+            gid: nix::unistd::Gid::effective().as_raw(),
+            home: home.to_path_buf(),
+            shell: "/bin/sh".into(),
+            switch: false,
+            secrets: SecretEnv::default(),
+        }
+    }
+
     /// Finds the workspace user (uid 1000) in the passwd file under `root` (`/` in a
     /// workspace), adding it (and its group) if the image lacks it; makes its home (the
     /// persistent volume) the user's. When the agent is not root, the user is whoever the

@@ -9,25 +9,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use support::{state, TestServer, COVE};
+use support::{state, TestServer};
 
 /// Makes a member through the CLI, the password on standard input.
 fn create_member(server: &TestServer, name: &str, password: &str) {
-    let mut child = Command::new(COVE)
-        .args(["users", "create", name])
-        .env("COVE_CONFIG_DIR", &server.config_dir)
-        .env("COVE_URL", &server.url)
-        .env_remove("COVE_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = server.cove_fed(&["users", "create", name], &format!("{password}\n"));
     assert!(out.status.success(), "cove users create failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -82,10 +82,8 @@ fn cache_dir() -> PathBuf {
     std::env::var_os("COVE_EDITOR_CACHE").map_or_else(|| PathBuf::from("/var/cache/cove-test/editor"), PathBuf::from)
 }
 
-#[test]
-fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
-    let server = TestServer::start();
-    // Installed while the server runs: the next workspace made must get it.
+/// `cove editor install` into the server's data directory (from the npm cache): what it said.
+fn install_editor(server: &TestServer) -> String {
     let out = Command::new(COVE)
         .args(["editor", "install", "--data-dir"])
         .arg(&server.data_dir)
@@ -94,7 +92,15 @@ fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
         .output()
         .unwrap();
     assert!(out.status.success(), "cove editor install failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("code-server 4.100.3"), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn code_server_runs_in_a_workspace_answers_on_its_socket_and_is_restarted() {
+    let server = TestServer::start();
+    // Installed while the server runs: the next workspace made must get it.
+    let said = install_editor(&server);
+    assert!(said.contains("code-server 4.100.3"), "{said}");
 
     let image = Engine::base_image(&server.endpoint);
     server.ok(&["create", "ed", "--image", &image, "--memory", "2g", "--cpus", "2"]);
@@ -214,14 +220,7 @@ fn write_vsix(path: &Path, publisher: &str, name: &str, version: &str) {
 #[test]
 fn devcontainer_customizations_reach_the_editor() {
     let server = TestServer::start();
-    let out = Command::new(COVE)
-        .args(["editor", "install", "--data-dir"])
-        .arg(&server.data_dir)
-        .arg("--cache")
-        .arg(cache_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cove editor install failed: {}", String::from_utf8_lossy(&out.stderr));
+    install_editor(&server);
 
     let checkout = tempfile::tempdir().unwrap();
     let config_dir = checkout.path().join(".devcontainer");

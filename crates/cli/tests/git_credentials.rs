@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sha2::Digest;
@@ -18,17 +16,7 @@ const GIT_HTTP: &str = include_str!("../../../tests/fixtures/git_http.py");
 const PORT: u16 = 8418;
 
 fn set_token(server: &TestServer, host: &str, token: &str) {
-    let mut child = Command::new(COVE)
-        .args(["git-token", "set", host, "--username", "cove"])
-        .env("COVE_CONFIG_DIR", &server.config_dir)
-        .env("COVE_URL", &server.url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = server.cove_fed(&["git-token", "set", host, "--username", "cove"], token);
     assert!(out.status.success(), "cove git-token set failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 

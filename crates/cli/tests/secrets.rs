@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,18 +45,7 @@ fn in_terminal(socket: &Path, secret: &str, line: &str, needle: &str) -> String 
 }
 
 fn set(server: &TestServer, args: &[&str], value: &str) -> String {
-    let mut child = Command::new(COVE)
-        .args(["secrets", "set"])
-        .args(args)
-        .env("COVE_CONFIG_DIR", &server.config_dir)
-        .env("COVE_URL", &server.url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = server.cove_fed(&[&["secrets", "set"], args].concat(), value);
     assert!(out.status.success(), "cove secrets set {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

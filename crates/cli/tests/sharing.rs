@@ -6,28 +6,16 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use support::{TestServer, COVE};
+use support::TestServer;
 
 const BOB_PASSWORD: &str = "correct horse battery";
 
 /// `cove` as someone else: their own config directory.
 fn cove_as(server: &TestServer, config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(COVE)
-        .args(args)
-        .env("COVE_CONFIG_DIR", config)
-        .env("COVE_URL", &server.url)
-        .env_remove("COVE_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    server.cove_fed_as(config, args, stdin)
 }
 
 fn text(out: &Output) -> String {

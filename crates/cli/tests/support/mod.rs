@@ -195,6 +195,27 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Runs a CLI command with `stdin` as its input (a password, a secret's value).
+    pub fn cove_fed(&self, args: &[&str], stdin: &str) -> Output {
+        self.cove_fed_as(&self.config_dir, args, stdin)
+    }
+
+    /// [`Self::cove_fed`] with another login: the CLI configuration in `config`.
+    pub fn cove_fed_as(&self, config: &Path, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(COVE)
+            .args(args)
+            .env("COVE_CONFIG_DIR", config)
+            .env("COVE_URL", &self.url)
+            .env_remove("COVE_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs a CLI command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cove(args);
