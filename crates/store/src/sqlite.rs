@@ -444,16 +444,13 @@ impl Store for SqliteStore {
     }
 
     async fn token_delete(&self, user: UserId, id: TokenId) -> Result<()> {
-        let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = ? AND user_id = ?")
-            .bind(id.to_string())
-            .bind(user.to_string())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(
+            sqlx::query("DELETE FROM api_tokens WHERE id = ? AND user_id = ?")
+                .bind(id.to_string())
+                .bind(user.to_string())
+                .execute(&self.pool)
+                .await?,
+        )
     }
 
     async fn workspace_create(&self, new: NewWorkspace) -> Result<Workspace> {
@@ -631,26 +628,24 @@ impl Store for SqliteStore {
             .then(|| serde_json::to_string(&apply.config))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("container_config: {e}")))?;
-        let updated = sqlx::query(
-            "UPDATE workspaces SET image = ?1, cpus_milli = ?2, memory_bytes = ?3, disk_bytes = ?4, \
+        found(
+            sqlx::query(
+                "UPDATE workspaces SET image = ?1, cpus_milli = ?2, memory_bytes = ?3, disk_bytes = ?4, \
                  container_config = ?5, devcontainer_applied = ?6, devcontainer_seen = ?6, \
                  generation = generation + 1, updated_at = ?7 \
              WHERE id = ?8",
-        )
-        .bind(&apply.image)
-        .bind(i64::from(apply.resources.cpus_milli))
-        .bind(db_int(apply.resources.memory_bytes))
-        .bind(apply.resources.disk_bytes.map(db_int))
-        .bind(config)
-        .bind(&apply.hash)
-        .bind(now().timestamp_millis())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(StoreError::NotFound);
-        }
+            )
+            .bind(&apply.image)
+            .bind(i64::from(apply.resources.cpus_milli))
+            .bind(db_int(apply.resources.memory_bytes))
+            .bind(apply.resources.disk_bytes.map(db_int))
+            .bind(config)
+            .bind(&apply.hash)
+            .bind(now().timestamp_millis())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?,
+        )?;
         let workspace = workspace_fetch(&mut *tx, id).await?;
         tx.commit().await?;
         Ok(workspace)
@@ -672,14 +667,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        let deleted = sqlx::query("DELETE FROM workspaces WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
+        found(sqlx::query("DELETE FROM workspaces WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?)?;
         close_runs(&mut *tx, id, now().timestamp_millis()).await?;
         tx.commit().await?;
         Ok(())
@@ -812,16 +800,13 @@ impl Store for SqliteStore {
     }
 
     async fn git_token_delete(&self, user: UserId, host: &str) -> Result<()> {
-        let deleted = sqlx::query("DELETE FROM git_tokens WHERE user_id = ? AND host = ?")
-            .bind(user.to_string())
-            .bind(host)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(
+            sqlx::query("DELETE FROM git_tokens WHERE user_id = ? AND host = ?")
+                .bind(user.to_string())
+                .bind(host)
+                .execute(&self.pool)
+                .await?,
+        )
     }
 
     async fn secret_set(&self, secret: Secret) -> Result<Secret> {
@@ -862,17 +847,14 @@ impl Store for SqliteStore {
     }
 
     async fn secret_delete(&self, scope: SecretScope, name: &str) -> Result<()> {
-        let deleted = sqlx::query("DELETE FROM secrets WHERE scope = ? AND owner = ? AND name = ?")
-            .bind(scope.as_str())
-            .bind(scope.owner())
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(
+            sqlx::query("DELETE FROM secrets WHERE scope = ? AND owner = ? AND name = ?")
+                .bind(scope.as_str())
+                .bind(scope.owner())
+                .bind(name)
+                .execute(&self.pool)
+                .await?,
+        )
     }
 
     async fn workspace_secret_freeze(&self, workspace: WorkspaceId, set: Vec<FrozenSecret>) -> Result<()> {
@@ -1044,16 +1026,13 @@ impl Store for SqliteStore {
     }
 
     async fn workspace_share_remove(&self, workspace: WorkspaceId, user: UserId) -> Result<()> {
-        let deleted = sqlx::query("DELETE FROM workspace_shares WHERE workspace_id = ? AND user_id = ?")
-            .bind(workspace.to_string())
-            .bind(user.to_string())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(
+            sqlx::query("DELETE FROM workspace_shares WHERE workspace_id = ? AND user_id = ?")
+                .bind(workspace.to_string())
+                .bind(user.to_string())
+                .execute(&self.pool)
+                .await?,
+        )
     }
 
     async fn workspace_share_list(&self, workspace: WorkspaceId) -> Result<Vec<(UserId, Name)>> {
@@ -1276,6 +1255,14 @@ fn workspace_from_row(row: &SqliteRow) -> Result<Workspace> {
         },
         devcontainer_path: row.try_get("devcontainer_path")?,
     })
+}
+
+/// `NotFound` when a write changed no row: the thing it names is not there.
+fn found(done: sqlx::sqlite::SqliteQueryResult) -> Result<()> {
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
 
 fn text<T, E: fmt::Display>(row: &SqliteRow, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T> {
