@@ -3,16 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use cove_core::{Name, Role, TokenScope, User};
-use cove_runtime::FakeBackend;
-use cove_server::{auth, AppState, Config};
+use cove_server::auth;
 use cove_store::{NewUser, SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -33,17 +33,8 @@ struct Response {
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("cove.db")).await.unwrap());
-    let fake = Arc::new(FakeBackend::new());
-    fake.add_image("img:1");
-    let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
-    let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-    config.default_image = "img:1".into();
-    config.reconcile = reconcile;
-    config.public_url = "http://localhost:7080".into();
     cove_server::secrets::check_key(store.as_ref(), dir.path()).await.unwrap();
-    let state =
-        AppState::bare(store.clone(), fake, reconciler, config, cove_server::tickets::Signer::with_key([1; 32]));
+    let state = support::fake_state(store.clone(), dir.path(), "http://localhost:7080");
     Api { router: cove_server::router(state), store, dir }
 }
 

@@ -3,14 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use cove_core::{DesiredState, Name, Role};
-use cove_runtime::FakeBackend;
-use cove_server::{auth, AppState, Config};
+use cove_server::auth;
 use cove_store::{NewUser, SqliteStore, Store};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -28,16 +29,7 @@ async fn dash(public_url: &str) -> Dash {
         let hash = auth::hash_password("pw").unwrap();
         store.user_create(NewUser { name: Name::parse(name).unwrap(), role, password_hash: hash }).await.unwrap();
     }
-    let fake = Arc::new(FakeBackend::new());
-    fake.add_image("img:1");
-    let reconcile = cove_reconciler::Config { interval: Duration::from_millis(50), ..Default::default() };
-    let reconciler = cove_reconciler::spawn(store.clone(), fake.clone(), reconcile.clone());
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-    config.default_image = "img:1".into();
-    config.reconcile = reconcile;
-    config.public_url = public_url.into();
-    let state =
-        AppState::bare(store.clone(), fake, reconciler, config, cove_server::tickets::Signer::with_key([1; 32]));
+    let state = support::fake_state(store.clone(), dir.path(), public_url);
     Dash { router: cove_server::router(state), store, _dir: dir }
 }
 
