@@ -39,12 +39,7 @@ impl GitServer {
             .output()
             .unwrap();
         assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
-        let inspect = Command::new("podman")
-            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name])
-            .output()
-            .unwrap();
-        let ip = String::from_utf8(inspect.stdout).unwrap().trim().to_string();
-        assert!(!ip.is_empty(), "the git server has no address");
+        let ip = support::container_ip(&name);
         support::poll("the git server to answer", Duration::from_secs(30), || {
             std::net::TcpStream::connect((ip.as_str(), 9418)).ok().map(|_| ())
         });

@@ -317,6 +317,17 @@ pub fn browser(server: &TestServer, script: &str, env: &[(&str, String)]) -> Val
     serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
 
+/// The address of Podman container `name` on its network (a fixture server the tests start).
+pub fn container_ip(name: &str) -> String {
+    let inspect = Command::new("podman")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8(inspect.stdout).unwrap().trim().to_string();
+    assert!(!ip.is_empty(), "container {name} has no address");
+    ip
+}
+
 /// Calls `f` until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
