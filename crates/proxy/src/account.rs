@@ -84,7 +84,7 @@ where
 /// One exchange, recorded into the metrics when dropped.
 pub(crate) struct Exchange {
     pub metrics: Arc<Metrics>,
-    pub label: String,
+    pub label: Arc<str>,
     pub status: u16,
     pub request: Arc<RequestTally>,
     pub latency: Duration,

@@ -11,7 +11,9 @@
 //!
 //! Only plain HTTP/1.x exchanges use this. WebSocket upgrades outlive the client connection's
 //! HTTP phase and HTTP/2 streams run in tasks of their own: both go through the shared pool.
-//! An upstream connection kept here closes with its client connection.
+//! Bodiless requests with a safe method need no hyper connection at all: their future does
+//! the exchange on a connection kept here too (see `h1`). An upstream connection kept here
+//! closes with its client connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,7 @@ use std::task::{Poll, Waker};
 use axum::body::Body;
 use hyper::client::conn::http1::SendRequest;
 
+use crate::h1;
 use crate::upstream::Upstream;
 
 type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,6 +39,8 @@ pub(crate) struct Affinity {
 struct Inner {
     /// The connection the last exchange used, free again once its response has ended.
     idle: Option<(Upstream, SendRequest<Body>)>,
+    /// The connection the last bodiless exchange used, put back when its response ended.
+    plain: Option<h1::Connection>,
     /// Connections opened since [`drive`] last ran, for it to adopt.
     new: Vec<Driver>,
     /// [`drive`]'s task, to wake when a connection was added.
@@ -65,6 +70,24 @@ impl Affinity {
     /// Keeps `sender` for the next exchange (replacing an older one).
     pub fn keep(&self, upstream: Upstream, sender: SendRequest<Body>) {
         self.lock().idle = Some((upstream, sender));
+    }
+
+    /// The kept connection for bodiless exchanges, if it goes to `upstream`. One the app has
+    /// closed shows when it is used (and the request is sent again on a new one).
+    pub fn take_plain(&self, upstream: &Upstream) -> Option<h1::Connection> {
+        let mut inner = self.lock();
+        match inner.plain.take() {
+            Some(connection) if connection.upstream() == upstream => Some(connection),
+            other => {
+                inner.plain = other;
+                None
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange has ended for the next bodiless exchange.
+    pub fn keep_plain(&self, connection: h1::Connection) {
+        self.lock().plain = Some(connection);
     }
 
     /// Has [`drive`] poll a new upstream connection.

@@ -5,6 +5,7 @@
 //! The server implements [`Gate`]; the proxy asks it once per request.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
@@ -18,7 +19,7 @@ use crate::upstream::Upstream;
 pub struct Admitted {
     pub workspace: WorkspaceId,
     /// `owner/workspace`: the `workspace` label of the metrics, and the name in error pages.
-    pub label: String,
+    pub label: Arc<str>,
     /// Where the app listens: its address inside the container network, or a UNIX socket.
     pub upstream: Upstream,
     /// Headers set on the upstream request after the rewrite (hop-by-hop headers and Cove's

@@ -15,7 +15,8 @@
 //!    credentials removed (`rewrite`);
 //! 4. **forward** — wait for the upstream if it may still be starting, send over an HTTP/1.1
 //!    connection (the client connection's own, `affinity`, or a pooled one), stream both
-//!    bodies, join WebSocket upgrades (`proxy`, `tunnel`);
+//!    bodies, join WebSocket upgrades (`proxy`, `tunnel`); bodiless GET/HEAD/OPTIONS are
+//!    written and read by the proxy itself (`h1`);
 //! 5. **account** — activity for idle detection ([`Gate::activity`]) and per-workspace
 //!    [`Metrics`], counted while bodies stream and recorded when the response ends.
 //!
@@ -27,6 +28,7 @@
 mod account;
 mod affinity;
 mod gate;
+mod h1;
 mod host;
 mod metrics;
 mod proxy;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use crate::account::{AccountedBody, Exchange, RequestTally, TalliedBody};
 use crate::affinity::Affinity;
 use crate::gate::{ActivityKind, Admitted, Gate, Verdict};
+use crate::h1;
 use crate::host::AppHost;
 use crate::metrics::Metrics;
 use crate::rewrite::{self, Forwarding};
@@ -130,30 +132,55 @@ impl Proxy {
         // The handle to the client's side of an upgrade lives in the request's extensions,
         // which do not travel upstream.
         let client_upgrade = if websocket { parts.extensions.remove::<OnUpgrade>() } else { None };
-        let body = Body::new(TalliedBody::new(body, tally.clone()));
         // An upgraded connection outlives the client connection's HTTP phase, and HTTP/2
         // streams run in tasks of their own: those go through the shared pool.
         let affinity = affinity.filter(|_| !websocket && version_is_http1(parts.version));
-        let upstream = match affinity {
-            Some(_) => Ok(None),
-            None => admitted.upstream.authority().map(Some),
+        let mut forwarding = Forwarding {
+            upstream: None,
+            peer: forwarded_for,
+            host: &host.host,
+            proto: &self.forwarded_proto,
+            strip_authorization: admitted.strip_authorization,
+            websocket,
+            headers: &admitted.headers,
         };
-        let request = upstream.and_then(|upstream| {
-            let forwarding = Forwarding {
-                upstream,
-                peer: forwarded_for,
-                host: &host.host,
-                proto: &self.forwarded_proto,
-                strip_authorization: admitted.strip_authorization,
-                websocket,
-                headers: &admitted.headers,
-            };
-            rewrite::upstream_request(parts, body, &forwarding)
-        });
-        let outcome = match request {
-            Ok(request) => self.forward(request, &admitted, &tally, affinity).await,
-            Err(error) => Err(ForwardError::Proxy(error)),
-        };
+        match affinity {
+            Some(affinity) if h1::applies(&parts.method, &body) => {
+                let outcome = match rewrite::upstream_request(parts, Body::empty(), &forwarding) {
+                    Ok(request) => self.forward_plain(request, &admitted, affinity).await,
+                    Err(error) => Err(ForwardError::Proxy(error)),
+                };
+                self.finish(outcome, started, tally, &admitted, None)
+            }
+            affinity => {
+                let body = Body::new(TalliedBody::new(body, tally.clone()));
+                let request = match affinity {
+                    Some(_) => Ok(()),
+                    None => admitted.upstream.authority().map(|upstream| forwarding.upstream = Some(upstream)),
+                };
+                let request = request.and_then(|()| rewrite::upstream_request(parts, body, &forwarding));
+                let outcome = match request {
+                    Ok(request) => self.forward(request, &admitted, &tally, affinity).await,
+                    Err(error) => Err(ForwardError::Proxy(error)),
+                };
+                self.finish(outcome, started, tally, &admitted, client_upgrade)
+            }
+        }
+    }
+
+    /// Records the exchange and answers the client: the app's response, or the failure.
+    fn finish<B>(
+        &self,
+        outcome: Result<Response<B>, ForwardError>,
+        started: Instant,
+        tally: Arc<RequestTally>,
+        admitted: &Admitted,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Into<axum::BoxError>,
+    {
         let exchange = Exchange {
             metrics: self.metrics.clone(),
             label: admitted.label.clone(),
@@ -163,8 +190,8 @@ impl Proxy {
             bytes_out: 0,
         };
         match outcome {
-            Ok(response) => self.respond(response, exchange, &admitted, client_upgrade),
-            Err(error) => self.fail(error, exchange, &admitted),
+            Ok(response) => self.respond(response, exchange, admitted, client_upgrade),
+            Err(error) => self.fail(error, exchange, admitted),
         }
     }
 
@@ -181,11 +208,7 @@ impl Proxy {
         tally: &RequestTally,
         affinity: Option<&Affinity>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        if !admitted.connect_patience.is_zero() {
-            await_listener(&admitted.upstream, admitted.connect_patience)
-                .await
-                .map_err(|error| ForwardError::Unreachable(error.into()))?;
-        }
+        await_patience(admitted).await?;
         if let Some(affinity) = affinity {
             return forward_on(request, &admitted.upstream, tally, affinity).await;
         }
@@ -198,15 +221,35 @@ impl Proxy {
         })
     }
 
+    /// Sends a bodiless request with a safe method on the client connection's own upstream
+    /// connection, written and read by the proxy itself.
+    async fn forward_plain(
+        &self,
+        request: Request<Body>,
+        admitted: &Admitted,
+        affinity: &Affinity,
+    ) -> Result<Response<h1::UpstreamBody>, ForwardError> {
+        await_patience(admitted).await?;
+        let (request, _) = request.into_parts();
+        h1::send(&request, &admitted.upstream, CONNECT_TIMEOUT, affinity).await.map_err(|error| match error {
+            h1::ExchangeError::Connect(error) => ForwardError::Unreachable(error.into()),
+            error => ForwardError::Upstream(error.into()),
+        })
+    }
+
     /// Passes the app's response to the client: hop-by-hop headers out, the body streamed and
     /// counted, and for a `101 Switching Protocols` the two upgraded connections joined.
-    fn respond(
+    fn respond<B>(
         &self,
-        response: Response<Incoming>,
+        response: Response<B>,
         mut exchange: Exchange,
         admitted: &Admitted,
         client_upgrade: Option<OnUpgrade>,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Into<axum::BoxError>,
+    {
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -220,7 +263,7 @@ impl Proxy {
 
         exchange.status = parts.status.as_u16();
         // A fresh response: the upstream's extensions are about the upstream connection.
-        let mut out = Response::new(Body::new(AccountedBody::new(Body::new(body), exchange)));
+        let mut out = Response::new(Body::new(AccountedBody::new(body, exchange)));
         *out.status_mut() = parts.status;
         *out.headers_mut() = parts.headers;
         out
@@ -324,6 +367,16 @@ fn text_response(status: StatusCode, message: String) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// Right after a wake the app may not listen yet: waits for it, as long as the gate allows.
+async fn await_patience(admitted: &Admitted) -> Result<(), ForwardError> {
+    if admitted.connect_patience.is_zero() {
+        return Ok(());
+    }
+    await_listener(&admitted.upstream, admitted.connect_patience)
+        .await
+        .map_err(|error| ForwardError::Unreachable(error.into()))
 }
 
 /// Waits until something accepts connections at `upstream`, for at most `patience`.

@@ -41,6 +41,8 @@ const RECENT: chrono::Duration = chrono::Duration::seconds(60);
 #[derive(Clone)]
 pub struct Route {
     pub workspace: Workspace,
+    /// `owner/workspace`, for the metrics and error pages of every request.
+    label: Arc<str>,
     shares: HashMap<String, ShareLevel>,
     /// Users the owner shared the workspace with: owner-level apps are theirs too.
     shared_with: std::collections::HashSet<UserId>,
@@ -49,7 +51,12 @@ pub struct Route {
 impl Route {
     /// Whether `caller` (`None` for nobody logged in) may open `app`; owner-only by default.
     pub fn allows(&self, app: &App, caller: Option<UserId>) -> bool {
-        let share = self.shares.get(&app.to_string()).copied().unwrap_or(ShareLevel::Owner);
+        // Most workspaces share nothing: no need to name the app to look it up.
+        let share = if self.shares.is_empty() {
+            ShareLevel::Owner
+        } else {
+            self.shares.get(&app.to_string()).copied().unwrap_or(ShareLevel::Owner)
+        };
         share.allows(self.workspace.owner, caller)
             || (share == ShareLevel::Owner && caller.is_some_and(|c| self.shared_with.contains(&c)))
     }
@@ -65,7 +72,7 @@ pub async fn lookup(store: &dyn Store, owner: &Name, workspace: &Name) -> Result
         Ok(ws) if ws.desired != DesiredState::Terminated => {
             let shares = store.app_share_list(ws.id).await?.into_iter().collect();
             let shared_with = store.workspace_share_list(ws.id).await?.into_iter().map(|(id, _)| id).collect();
-            Ok(Some(Route { workspace: ws, shares, shared_with }))
+            Ok(Some(Route { label: label(&ws).into(), workspace: ws, shares, shared_with }))
         }
         Ok(_) | Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e),
@@ -342,11 +349,10 @@ impl AppGate {
             Err(response) => return Ok(Verdict::Respond(response)),
         };
         let allowed = route.as_ref().is_some_and(|r| r.allows(&host.app, identity.user()));
-        let browser = wants_html(parts);
         let Some(route) = route.filter(|_| allowed) else {
             // Unknown and not-yours look the same; without a login, both ask for one.
             return Ok(Verdict::Respond(match identity {
-                Identity::Anonymous if browser => pages::redirect(&self.login_url(parts, host)),
+                Identity::Anonymous if wants_html(parts) => pages::redirect(&self.login_url(parts, host)),
                 Identity::Anonymous => pages::json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
@@ -394,6 +400,7 @@ impl AppGate {
             }
             None => {
                 self.state.routes.invalidate();
+                let browser = wants_html(parts);
                 let fresh = self.state.store.workspace_get(ws.id).await?;
                 // A wake is a start like any other: it must fit in the running quota, and the
                 // permit is held until the wish to run is written.
@@ -459,7 +466,7 @@ impl AppGate {
         };
         Ok(Verdict::Forward(Admitted {
             workspace: ws.id,
-            label: label(&ws),
+            label: route.label.clone(),
             upstream,
             headers,
             strip_authorization: matches!(identity, Identity::Bearer(..)),

@@ -240,7 +240,7 @@ impl Gate for TestGate {
         self.admitted.notify_one();
         Verdict::Forward(Admitted {
             workspace: self.workspace,
-            label: LABEL.to_string(),
+            label: LABEL.into(),
             upstream: self.upstream.clone(),
             headers: self.headers.clone(),
             strip_authorization: self.strip_authorization,
