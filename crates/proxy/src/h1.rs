@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -65,15 +64,15 @@ pub(crate) fn applies(method: &Method, body: &impl hyper::body::Body) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream()
 }
 
-/// Sends a request (origin-form target, headers already rewritten) on the client
-/// connection's kept connection to `upstream`, or on a new one.
+/// Sends a request head (see `rewrite::encode_request_head`) on the client connection's
+/// kept connection to `upstream`, or on a new one. `head_only`: it is a HEAD request.
 pub(crate) async fn send(
-    request: &Parts,
+    request: &[u8],
+    head_only: bool,
     upstream: &Upstream,
     connect_timeout: Duration,
     affinity: &Affinity,
 ) -> Result<Response<UpstreamBody>, ExchangeError> {
-    let head_only = request.method == Method::HEAD;
     let mut kept = affinity.take_plain(upstream);
     loop {
         let reused = kept.is_some();
@@ -97,8 +96,6 @@ pub(crate) struct Connection {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The request head being written (kept for its allocation).
-    out: Vec<u8>,
 }
 
 impl Connection {
@@ -108,19 +105,11 @@ impl Connection {
 
     async fn open(upstream: &Upstream, timeout: Duration) -> Result<Connection, ExchangeError> {
         let stream = upstream::connect_with_timeout(upstream, timeout).await.map_err(ExchangeError::Connect)?;
-        Ok(Connection {
-            upstream: upstream.clone(),
-            stream,
-            buf: vec![0; BUFFER_BYTES],
-            start: 0,
-            end: 0,
-            out: Vec::with_capacity(1024),
-        })
+        Ok(Connection { upstream: upstream.clone(), stream, buf: vec![0; BUFFER_BYTES], start: 0, end: 0 })
     }
 
-    async fn exchange(&mut self, request: &Parts, head_only: bool) -> Result<Head, ExchangeError> {
-        encode_head(&mut self.out, request);
-        if let Err(error) = self.stream.write_all(&self.out).await {
+    async fn exchange(&mut self, request: &[u8], head_only: bool) -> Result<Head, ExchangeError> {
+        if let Err(error) = self.stream.write_all(request).await {
             return Err(ExchangeError::NoAnswer(Some(error)));
         }
         // Bytes left over from an earlier exchange would be a response nobody asked for.
@@ -242,23 +231,6 @@ impl Connection {
         self.start += newline + 1;
         Some(line)
     }
-}
-
-/// The request head in HTTP/1.1 wire form. Header names and values were validated when they
-/// were made (no CR or LF in either).
-fn encode_head(out: &mut Vec<u8>, request: &Parts) {
-    out.clear();
-    out.extend_from_slice(request.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(request.uri.path_and_query().map_or("/", |target| target.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &request.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.

@@ -146,8 +146,9 @@ impl Proxy {
         };
         match affinity {
             Some(affinity) if h1::applies(&parts.method, &body) => {
-                let outcome = match rewrite::upstream_request(parts, Body::empty(), &forwarding) {
-                    Ok(request) => self.forward_plain(request, &admitted, affinity).await,
+                let head_only = parts.method == Method::HEAD;
+                let outcome = match rewrite::encode_request_head(&parts, &forwarding) {
+                    Ok(request) => self.forward_plain(&request, head_only, &admitted, affinity).await,
                     Err(error) => Err(ForwardError::Proxy(error)),
                 };
                 self.finish(outcome, started, tally, &admitted, None)
@@ -225,13 +226,14 @@ impl Proxy {
     /// connection, written and read by the proxy itself.
     async fn forward_plain(
         &self,
-        request: Request<Body>,
+        request: &[u8],
+        head_only: bool,
         admitted: &Admitted,
         affinity: &Affinity,
     ) -> Result<Response<h1::UpstreamBody>, ForwardError> {
         await_patience(admitted).await?;
-        let (request, _) = request.into_parts();
-        h1::send(&request, &admitted.upstream, CONNECT_TIMEOUT, affinity).await.map_err(|error| match error {
+        let sent = h1::send(request, head_only, &admitted.upstream, CONNECT_TIMEOUT, affinity).await;
+        sent.map_err(|error| match error {
             h1::ExchangeError::Connect(error) => ForwardError::Unreachable(error.into()),
             error => ForwardError::Upstream(error.into()),
         })

@@ -59,7 +59,7 @@ pub(crate) struct Forwarding<'a> {
 /// `Upgrade`; WebSockets over HTTP/2 (RFC 8441) are not supported.
 pub(crate) fn is_websocket_upgrade(parts: &Parts) -> bool {
     parts.version == Version::HTTP_11
-        && connection_tokens(&parts.headers).any(|token| token == "upgrade")
+        && connection_tokens(&parts.headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
         && parts
             .headers
             .get_all(UPGRADE)
@@ -79,39 +79,16 @@ pub(crate) fn is_user_activity(headers: &HeaderMap) -> bool {
 }
 
 /// Turns the client's request into the one sent to the app: always HTTP/1.1, to
-/// `http://<upstream>` with an origin-form target, the Host as the client sent it, and the
-/// gate's extra headers.
+/// `http://<upstream>` with an origin-form target, and the headers of [`upstream_headers`].
 pub(crate) fn upstream_request(
     parts: Parts,
     body: Body,
     forwarding: &Forwarding<'_>,
 ) -> Result<Request<Body>, http::Error> {
-    let mut headers = parts.headers;
-    let upgrade: Vec<HeaderValue> =
-        if forwarding.websocket { headers.get_all(UPGRADE).iter().cloned().collect() } else { Vec::new() };
-    remove_hop_by_hop(&mut headers);
-    if forwarding.websocket {
-        keep_upgrade(&mut headers, upgrade);
-    }
-    // Our own server side has already answered `Expect: 100-continue` (hyper does when the body
-    // is first read); the app must not wait for a second go-ahead.
-    headers.remove(EXPECT);
-    remove_app_cookie(&mut headers);
-    if forwarding.strip_authorization {
-        headers.remove(AUTHORIZATION);
-    }
-    // The Host as the client sent it (case and all: the app may use it to build links). For
-    // HTTP/2 clients, and absolute-form targets, that is the URI's authority.
-    let host = match (parts.uri.authority(), headers.get(HOST)) {
-        (None, Some(host)) => host.clone(),
-        _ => HeaderValue::from_str(request_host(&parts.uri, &headers).unwrap_or(forwarding.host))?,
-    };
-    set_forwarded(&mut headers, forwarding, &host)?;
-    headers.insert(HOST, host);
-    for (name, value) in forwarding.headers {
-        headers.insert(name, value.clone());
-    }
-
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    upstream_headers(&parts, forwarding, |name, value| {
+        headers.append(name.clone(), value.clone());
+    })?;
     let target = match parts.uri.path_and_query() {
         Some(target) => target.clone(),
         None => PathAndQuery::from_static("/"),
@@ -126,6 +103,105 @@ pub(crate) fn upstream_request(
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
     Ok(request)
+}
+
+/// The headers the app gets, in one pass over the client's, each handed to `emit`:
+/// - the client's headers without the hop-by-hop ones (and those its `Connection` names),
+///   `Expect` (our own server side has already answered `100-continue`; the app must not
+///   wait for a second go-ahead), Cove's cookie, the bearer token when the gate says so, and
+///   those set below;
+/// - `Host` as the client sent it (case and all: the app may use it to build links; for
+///   HTTP/2 clients and absolute-form targets that is the URI's authority);
+/// - `X-Forwarded-For` with the chain of proxies in front of us and the address that
+///   connected to us; `X-Forwarded-Host` and `-Proto` as this edge saw them, whatever the
+///   client claims;
+/// - for a WebSocket, `Connection: upgrade` and the client's `Upgrade`;
+/// - the gate's headers, which replace any the client sent under those names.
+pub(crate) fn upstream_headers(
+    parts: &Parts,
+    forwarding: &Forwarding<'_>,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) -> Result<(), http::Error> {
+    let headers = &parts.headers;
+    let listed_in_connection = headers.contains_key(CONNECTION);
+    let mut cookies = 0;
+    let mut app_cookie = false;
+    let mut prior_hops = 0;
+    for (name, value) in headers {
+        if *name == COOKIE {
+            cookies += 1;
+            app_cookie |= has_app_cookie(value);
+            continue;
+        }
+        if *name == X_FORWARDED_FOR {
+            prior_hops += 1;
+            continue;
+        }
+        let dropped = is_hop_by_hop(name)
+            || *name == EXPECT
+            || *name == HOST
+            || *name == X_FORWARDED_HOST
+            || *name == X_FORWARDED_PROTO
+            || (forwarding.strip_authorization && *name == AUTHORIZATION)
+            || forwarding.headers.iter().any(|(set, _)| set == name)
+            || (listed_in_connection
+                && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case(name.as_str())));
+        if !dropped {
+            emit(name, value);
+        }
+    }
+    match (cookies, app_cookie) {
+        (0, _) => {}
+        (1, false) => headers.get_all(COOKIE).iter().for_each(|value| emit(&COOKIE, value)),
+        _ => {
+            if let Some(value) = cookies_without_app_cookie(headers) {
+                emit(&COOKIE, &value);
+            }
+        }
+    }
+
+    let host = match (parts.uri.authority(), headers.get(HOST)) {
+        (None, Some(host)) => host.clone(),
+        _ => HeaderValue::from_str(request_host(&parts.uri, headers).unwrap_or(forwarding.host))?,
+    };
+    emit(&HOST, &host);
+    if prior_hops == 0 {
+        emit(&X_FORWARDED_FOR, forwarding.peer);
+    } else {
+        let prior: Vec<&str> =
+            headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
+        let peer = forwarding.peer.to_str().unwrap_or_default();
+        emit(&X_FORWARDED_FOR, &HeaderValue::from_str(&format!("{}, {peer}", prior.join(", ")))?);
+    }
+    emit(&X_FORWARDED_HOST, &host);
+    emit(&X_FORWARDED_PROTO, forwarding.proto);
+    if forwarding.websocket {
+        emit(&CONNECTION, &HeaderValue::from_static("upgrade"));
+        headers.get_all(UPGRADE).iter().for_each(|value| emit(&UPGRADE, value));
+    }
+    for (name, value) in forwarding.headers {
+        emit(name, value);
+    }
+    Ok(())
+}
+
+/// The request head the app gets, in HTTP/1.1 wire form: the request line with an
+/// origin-form target and the headers of [`upstream_headers`] (names and values were
+/// validated when they were made: no CR or LF in either).
+pub(crate) fn encode_request_head(parts: &Parts, forwarding: &Forwarding<'_>) -> Result<Vec<u8>, http::Error> {
+    let mut out = Vec::with_capacity(256 + 64 * parts.headers.len());
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |target| target.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    upstream_headers(parts, forwarding, |name, value| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    })?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
 }
 
 /// Removes the hop-by-hop headers of the app's response. A `101 Switching Protocols` keeps
@@ -146,21 +222,25 @@ fn keep_upgrade(headers: &mut HeaderMap, upgrade: Vec<HeaderValue>) {
     }
 }
 
-/// Lowercased tokens of all `Connection` headers.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+/// The tokens of all `Connection` headers, as sent (compare them ignoring case).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|token| !token.is_empty())
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one look at each name is cheaper than a lookup of each of the
-    // nine (and they are looked up on every request and every response).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+    // nine (and they are looked up on every response).
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in Connection are hop-by-hop too; read the names before Connection goes.
@@ -174,13 +254,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes [`APP_COOKIE`] and leaves one `Cookie` header with the other cookies, or none.
-/// HTTP/2 clients may split cookies over several headers, which an HTTP/1.1 upstream must
-/// receive joined with "; " (RFC 9113 §8.2.3).
-fn remove_app_cookie(headers: &mut HeaderMap) {
-    if !headers.contains_key(COOKIE) {
-        return;
-    }
+fn has_app_cookie(value: &HeaderValue) -> bool {
+    value.as_bytes().split(|byte| *byte == b';').any(|pair| cookie_name(pair) == APP_COOKIE.as_bytes())
+}
+
+/// All `Cookie` headers joined into one value without [`APP_COOKIE`]; `None` if nothing is
+/// left. HTTP/2 clients may split cookies over several headers, which an HTTP/1.1 upstream
+/// must receive joined with "; " (RFC 9113 §8.2.3).
+fn cookies_without_app_cookie(headers: &HeaderMap) -> Option<HeaderValue> {
     let kept: Vec<&[u8]> = headers
         .get_all(COOKIE)
         .iter()
@@ -189,36 +270,14 @@ fn remove_app_cookie(headers: &mut HeaderMap) {
         .filter(|pair| !pair.is_empty() && cookie_name(pair) != APP_COOKIE.as_bytes())
         .collect();
     let joined = kept.join(&b"; "[..]);
-    headers.remove(COOKIE);
-    if joined.is_empty() {
-        return;
-    }
     // Made only of pieces of valid header values and "; ", so always valid; should it not be,
     // dropping the cookies is the safe way to fail.
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(COOKIE, value);
-    }
+    (!joined.is_empty()).then(|| HeaderValue::from_bytes(&joined).ok()).flatten()
 }
 
 fn cookie_name(pair: &[u8]) -> &[u8] {
     let name = pair.split(|byte| *byte == b'=').next().unwrap_or(pair);
     name.trim_ascii()
-}
-
-fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: &HeaderValue) -> Result<(), http::Error> {
-    // Keep the chain of proxies in front of us; we add the address that connected to us.
-    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
-    let chain = if prior.is_empty() {
-        forwarding.peer.clone()
-    } else {
-        let peer = forwarding.peer.to_str().unwrap_or_default();
-        HeaderValue::from_str(&format!("{}, {peer}", prior.join(", ")))?
-    };
-    headers.insert(X_FORWARDED_FOR, chain);
-    // Host and scheme are what this edge saw, whatever the client claims.
-    headers.insert(X_FORWARDED_HOST, host.clone());
-    headers.insert(X_FORWARDED_PROTO, forwarding.proto.clone());
-    Ok(())
 }
 
 /// The value of `X-Forwarded-For` for a client at `peer` (IPv4-mapped IPv6 addresses as IPv4).
@@ -237,8 +296,7 @@ mod tests {
         for value in values {
             headers.append(COOKIE, value.parse().unwrap());
         }
-        remove_app_cookie(&mut headers);
-        headers.get_all(COOKIE).iter().map(|value| value.to_str().unwrap().to_string()).collect()
+        cookies_without_app_cookie(&headers).map(|value| value.to_str().unwrap().to_string()).into_iter().collect()
     }
 
     #[test]
