@@ -104,14 +104,20 @@ pub struct User {
 /// unlike passwords there is nothing to guess.
 pub fn hash_token(token: &str) -> String {
     // By hand rather than `hex::encode`, which builds the string a char at a time through an
-    // iterator: this runs on every proxied request with a bearer token.
+    // iterator.
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(token.as_bytes());
+    let digest = token_digest(token);
     let mut hex = Vec::with_capacity(digest.len() * 2);
     for byte in digest {
         hex.extend([DIGITS[usize::from(byte >> 4)], DIGITS[usize::from(byte & 0xf)]]);
     }
     String::from_utf8(hex).unwrap_or_default()
+}
+
+/// The SHA-256 of a token, as bytes: [`hash_token`] is its hex form (what the store keeps).
+/// For in-memory lookups on every request, which need no text.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// An API token's record. The secret itself is shown once at creation and kept only hashed.

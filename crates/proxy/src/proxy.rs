@@ -99,7 +99,7 @@ impl Proxy {
 
     /// One request to an app host, end to end. Never fails: errors become 4xx/5xx responses.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, host: AppHost) -> Response<Body> {
-        self.handle_on(request, peer, &rewrite::forwarded_for(peer.ip()), host, None).await
+        self.handle_on(request, peer, &rewrite::forwarded_for(peer.ip()), &host, None).await
     }
 
     /// [`Proxy::handle`] for a request that came on an HTTP/1.1 client connection with
@@ -109,7 +109,7 @@ impl Proxy {
         request: Request<Incoming>,
         peer: SocketAddr,
         forwarded_for: &HeaderValue,
-        host: AppHost,
+        host: &AppHost,
         affinity: Option<&Affinity>,
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
@@ -118,7 +118,7 @@ impl Proxy {
             // and WebSocket upgrades.
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "cove does not forward CONNECT requests\n".into());
         }
-        let admitted = match self.admit(&parts, &host, peer).await {
+        let admitted = match self.admit(&parts, host, peer).await {
             Verdict::Forward(admitted) => admitted,
             Verdict::Respond(response) => return response,
         };

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::affinity::{self, Affinity};
-use crate::host::{parse_host, request_host};
+use crate::host::{parse_host, request_host, AppHost};
 use crate::proxy::Proxy;
 use crate::rewrite;
 
@@ -73,7 +73,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
         tracing::debug!(origin = "client", %peer, %error, "cannot set TCP_NODELAY");
     }
     let affinity = Affinity::default();
-    let client = Client { peer, forwarded_for: rewrite::forwarded_for(peer.ip()), affinity: affinity.clone() };
+    let client = Client {
+        peer,
+        forwarded_for: rewrite::forwarded_for(peer.ip()),
+        affinity: affinity.clone(),
+        last_host: Mutex::default(),
+    };
     let client = Arc::new(client);
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
@@ -91,21 +96,39 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
     }
 }
 
-/// Sends one request to the proxy or to the router, by its host.
 /// What the requests of one client connection share.
 struct Client {
     peer: SocketAddr,
     /// `peer` as the value of `X-Forwarded-For`, formatted once per connection.
     forwarded_for: http::HeaderValue,
     affinity: Affinity,
+    /// The host the last request named, as sent, and what it parsed as (`None`: not an app
+    /// host). Browsers and scripts send the same host on every request of a connection.
+    last_host: Mutex<Option<(String, Option<Arc<AppHost>>)>>,
 }
 
+impl Client {
+    /// [`parse_host`], parsing only a host other than the last one.
+    fn app_host(&self, host: &str, apps_domain: &str) -> Option<Arc<AppHost>> {
+        let mut last = self.last_host.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((seen, parsed)) if seen == host => parsed.clone(),
+            _ => {
+                let parsed = parse_host(host, apps_domain).map(Arc::new);
+                *last = Some((host.to_string(), parsed.clone()));
+                parsed
+            }
+        }
+    }
+}
+
+/// Sends one request to the proxy or to the router, by its host.
 async fn route(request: Request<Incoming>, client: &Client, proxy: &Proxy, fallback: Router) -> Response<Body> {
     let peer = client.peer;
-    let app_host =
-        request_host(request.uri(), request.headers()).and_then(|host| parse_host(host, &proxy.config().apps_domain));
+    let app_host = request_host(request.uri(), request.headers())
+        .and_then(|host| client.app_host(host, &proxy.config().apps_domain));
     match app_host {
-        Some(host) => proxy.handle_on(request, peer, &client.forwarded_for, host, Some(&client.affinity)).await,
+        Some(host) => proxy.handle_on(request, peer, &client.forwarded_for, &host, Some(&client.affinity)).await,
         None => {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::agent;
 use cove_core::{
-    hash_token, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace, WorkspaceId,
+    hash_token, token_digest, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace, WorkspaceId,
 };
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
@@ -131,8 +131,8 @@ impl RouteCache {
 /// token or session is deleted or a user changed.
 #[derive(Default)]
 pub struct AccessCache {
-    /// Token hash -> its user and the scope it acts with (never above the user's role).
-    tokens: Mutex<HashMap<String, (UserId, TokenScope, Instant)>>,
+    /// Token digest -> its user and the scope it acts with (never above the user's role).
+    tokens: Mutex<HashMap<[u8; 32], (UserId, TokenScope, Instant)>>,
     /// Dashboard session -> whether it still exists and its user is enabled.
     sessions: Mutex<HashMap<TokenId, (bool, Instant)>>,
     /// Bumped by every invalidation: an answer read from the store before one is not kept
@@ -147,9 +147,9 @@ impl AccessCache {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn token(&self, hash: &str) -> Option<(UserId, TokenScope)> {
+    fn token(&self, digest: &[u8; 32]) -> Option<(UserId, TokenScope)> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(hash).filter(|(_, _, at)| at.elapsed() < TOKEN_TTL).map(|(user, scope, _)| (*user, *scope))
+        tokens.get(digest).filter(|(_, _, at)| at.elapsed() < TOKEN_TTL).map(|(user, scope, _)| (*user, *scope))
     }
 
     fn generation(&self) -> u64 {
@@ -231,17 +231,17 @@ impl AppGate {
 
     /// The user of a bearer token and the scope it acts with.
     async fn bearer_user(&self, secret: &str) -> Option<(UserId, TokenScope)> {
-        let hash = hash_token(secret);
-        if let Some(found) = self.state.access.token(&hash) {
+        let digest = token_digest(secret);
+        if let Some(found) = self.state.access.token(&digest) {
             return Some(found);
         }
         let generation = self.state.access.generation();
-        let (token, user) = self.state.store.token_authenticate(&hash, Utc::now()).await.ok()??;
+        let (token, user) = self.state.store.token_authenticate(&hash_token(secret), Utc::now()).await.ok()??;
         // A token never outranks its user (as in the API).
         let scope = token.scope.min(TokenScope::widest_for(user.role));
         let mut tokens = self.state.access.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if self.state.access.generation() == generation {
-            tokens.insert(hash, (user.id, scope, Instant::now()));
+            tokens.insert(digest, (user.id, scope, Instant::now()));
         }
         Some((user.id, scope))
     }
