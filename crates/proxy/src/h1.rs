@@ -162,7 +162,8 @@ impl Connection {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| ExchangeError::Invalid("bad header field name"))?;
             let offset = field.value.as_ptr().addr().wrapping_sub(base);
-            let value = match copy.get(offset..offset + field.value.len()) {
+            let slice = offset.checked_add(field.value.len()).and_then(|end| copy.get(offset..end));
+            let value = match slice {
                 Some(slice) if slice == field.value => HeaderValue::from_maybe_shared(copy.slice_ref(slice)),
                 _ => HeaderValue::from_bytes(field.value),
             };

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::agent;
 use cove_core::{
-    hash_token, token_digest, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace, WorkspaceId,
+    hash_token, token_digest, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace,
+    WorkspaceId,
 };
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
@@ -36,6 +37,10 @@ const TOKEN_TTL: Duration = Duration::from_secs(10);
 /// port: the proxy then never pays a probe per request.
 const PATIENCE_AFTER_WAKE: Duration = Duration::from_secs(30);
 const RECENT: chrono::Duration = chrono::Duration::seconds(60);
+/// Host lookups kept at most. Anyone may name any host, and hosts of no workspace are
+/// remembered too (as "none"): past this, the expired ones go, and if that is not enough,
+/// all of them (the next requests read the store again).
+const ROUTE_CACHE_ENTRIES: usize = 10_000;
 
 /// A workspace an app host names, and the share levels of its apps.
 #[derive(Clone)]
@@ -122,7 +127,14 @@ impl RouteCache {
     }
 
     fn put(&self, key: String, route: Option<Arc<Route>>) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (route, Instant::now()));
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= ROUTE_CACHE_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if entries.len() >= ROUTE_CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (route, Instant::now()));
     }
 }
 
@@ -614,4 +626,21 @@ pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a 
 
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| pages::decode(v))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_cache_stays_bounded_whatever_hosts_are_asked_for() {
+        let cache = RouteCache::with_ttl(Duration::from_secs(60));
+        for i in 0..ROUTE_CACHE_ENTRIES + 5 {
+            cache.put(format!("8080--w{i}--o.localhost"), None);
+        }
+        let len = cache.entries.lock().unwrap().len();
+        assert!(len <= ROUTE_CACHE_ENTRIES, "{len} entries");
+        assert!(cache.get(&format!("8080--w{}--o.localhost", ROUTE_CACHE_ENTRIES + 4)).is_some(), "the newest stays");
+    }
 }
