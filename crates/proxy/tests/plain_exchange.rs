@@ -147,6 +147,16 @@ async fn serve_script(mut stream: TcpStream, seen: Arc<Seen>) {
                 return;
             }
             "/silent-close" => return,
+            "/huge-head" => {
+                let huge = "h".repeat(300 * 1024);
+                let response = format!("HTTP/1.1 200 OK\r\nX-Huge: {huge}\r\nContent-Length: 0\r\n\r\n");
+                let _ = stream.write_all(response.as_bytes()).await;
+                return;
+            }
+            "/switch" => {
+                stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+                return;
+            }
             _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await.unwrap(),
         }
     }
@@ -249,7 +259,7 @@ async fn a_kept_connection_the_app_closed_is_replaced_without_failing_the_reques
 #[tokio::test]
 async fn broken_answers_are_502_or_a_broken_off_body() {
     let (proxy, _seen) = setup().await;
-    for path in ["/garbage", "/silent-close"] {
+    for path in ["/garbage", "/silent-close", "/huge-head", "/switch"] {
         let mut sender = client(&proxy).await;
         let (status, _, body) = exchange(&mut sender, &proxy, Method::GET, path).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}");
