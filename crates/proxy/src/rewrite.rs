@@ -74,8 +74,10 @@ pub(crate) fn is_user_activity(headers: &HeaderMap) -> bool {
     let Some(agent) = headers.get(USER_AGENT).and_then(|value| value.to_str().ok()) else {
         return true;
     };
-    let agent = agent.trim_start().to_ascii_lowercase();
-    !PROBE_AGENTS.iter().any(|probe| agent.starts_with(probe))
+    let agent = agent.trim_start().as_bytes();
+    !PROBE_AGENTS
+        .iter()
+        .any(|probe| agent.get(..probe.len()).is_some_and(|start| start.eq_ignore_ascii_case(probe.as_bytes())))
 }
 
 /// Turns the client's request into the one sent to the app: always HTTP/1.1, to
