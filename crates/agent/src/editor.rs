@@ -199,7 +199,10 @@ async fn supervise(run: Run, mut stopped: watch::Receiver<bool>, mut restarts: w
         crate::lifecycle::apply(&mut command, &configured);
         *lock(&env) = configured;
         restarts.mark_unchanged();
+        // A group of its own: what it started dies with it (below), so a crashed code-server
+        // leaves no server process behind to hold its data directory.
         command
+            .process_group(0)
             .args(config.args(&user))
             .current_dir(&config.folder)
             .stdin(Stdio::null())
@@ -222,10 +225,13 @@ async fn supervise(run: Run, mut stopped: watch::Receiver<bool>, mut restarts: w
                     tokio::spawn(relay(err));
                 }
                 tokio::select! {
-                    exit = child.wait() => match exit {
-                        Ok(status) => status.to_string(),
-                        Err(e) => format!("cannot wait for it: {e}"),
-                    },
+                    exit = child.wait() => {
+                        kill_group(pid);
+                        match exit {
+                            Ok(status) => status.to_string(),
+                            Err(e) => format!("cannot wait for it: {e}"),
+                        }
+                    }
                     _ = stop_wanted(&mut stopped) => {
                         terminate(&mut child).await;
                         break;
@@ -267,15 +273,26 @@ async fn stop_wanted(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// SIGTERM, a grace, then SIGKILL.
+/// SIGTERM, a grace, then SIGKILL; then whatever is left of its process group.
 async fn terminate(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+    let pid = child.id();
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-            return;
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+            let _ = child.kill().await;
         }
+    } else {
+        let _ = child.kill().await;
     }
-    let _ = child.kill().await;
+    kill_group(pid);
+}
+
+/// Kills what code-server's process (the leader of group `pid`) left running when it ended.
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // ESRCH (nothing left) is the usual answer.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// A socket file left by a killed code-server would make the next one fail to listen.
