@@ -61,6 +61,17 @@ pub struct Proxy {
     client: Client<Connector, Body>,
 }
 
+/// A response body from the app, however it was read (hyper's client or `h1`).
+trait AppBody:
+    hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> AppBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
+
 /// Why a request could not be forwarded, by whose doing.
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
@@ -170,18 +181,14 @@ impl Proxy {
     }
 
     /// Records the exchange and answers the client: the app's response, or the failure.
-    fn finish<B>(
+    fn finish<B: AppBody>(
         &self,
         outcome: Result<Response<B>, ForwardError>,
         started: Instant,
         tally: Arc<RequestTally>,
         admitted: &Admitted,
         client_upgrade: Option<OnUpgrade>,
-    ) -> Response<Body>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: std::fmt::Display + Into<axum::BoxError>,
-    {
+    ) -> Response<Body> {
         let exchange = Exchange {
             metrics: self.metrics.clone(),
             label: admitted.label.clone(),
@@ -241,17 +248,13 @@ impl Proxy {
 
     /// Passes the app's response to the client: hop-by-hop headers out, the body streamed and
     /// counted, and for a `101 Switching Protocols` the two upgraded connections joined.
-    fn respond<B>(
+    fn respond<B: AppBody>(
         &self,
         response: Response<B>,
         mut exchange: Exchange,
         admitted: &Admitted,
         client_upgrade: Option<OnUpgrade>,
-    ) -> Response<Body>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: std::fmt::Display + Into<axum::BoxError>,
-    {
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
