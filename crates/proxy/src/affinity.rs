@@ -19,6 +19,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use cove_core::WorkspaceId;
+use tokio::time::Instant;
 
 use axum::body::Body;
 use hyper::client::conn::http1::SendRequest;
@@ -45,7 +49,13 @@ struct Inner {
     new: Vec<Driver>,
     /// [`drive`]'s task, to wake when a connection was added.
     waker: Option<Waker>,
+    /// The workspace this connection's requests last reported activity for, and when.
+    activity: Option<(WorkspaceId, Instant)>,
 }
+
+/// How often one client connection reports its requests as activity. The idle stop counts
+/// in minutes; once a request would be a lock and a table write per request.
+const ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Affinity {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -88,6 +98,17 @@ impl Affinity {
     /// Keeps a connection whose exchange has ended for the next bodiless exchange.
     pub fn keep_plain(&self, connection: h1::Connection) {
         self.lock().plain = Some(connection);
+    }
+
+    /// Whether a request to `workspace` at `now` should be reported as activity: the first
+    /// one, and then one per [`ACTIVITY_INTERVAL`].
+    pub fn activity_due(&self, workspace: WorkspaceId, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let due = inner.activity.is_none_or(|(last, at)| last != workspace || now >= at + ACTIVITY_INTERVAL);
+        if due {
+            inner.activity = Some((workspace, now));
+        }
+        due
     }
 
     /// Has [`drive`] poll a new upstream connection.
@@ -134,6 +155,19 @@ mod tests {
     fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(future).poll(&mut cx)
+    }
+
+    #[test]
+    fn activity_is_due_once_a_second_per_workspace() {
+        let affinity = Affinity::default();
+        let (api, web) = (WorkspaceId::new_random(), WorkspaceId::new_random());
+        let start = Instant::now();
+        assert!(affinity.activity_due(api, start));
+        assert!(!affinity.activity_due(api, start + Duration::from_millis(900)));
+        assert!(affinity.activity_due(web, start + Duration::from_millis(950)), "another workspace");
+        assert!(affinity.activity_due(api, start + Duration::from_millis(960)));
+        assert!(!affinity.activity_due(api, start + Duration::from_millis(1500)));
+        assert!(affinity.activity_due(api, start + Duration::from_millis(1960)));
     }
 
     #[test]

@@ -133,11 +133,14 @@ impl Proxy {
             Verdict::Forward(admitted) => admitted,
             Verdict::Respond(response) => return response,
         };
-        if rewrite::is_user_activity(&parts.headers) {
+        let started = Instant::now();
+        // A busy connection reports its activity once a second, not once a request.
+        if rewrite::is_user_activity(&parts.headers)
+            && affinity.is_none_or(|affinity| affinity.activity_due(admitted.workspace, started))
+        {
             self.gate.activity(admitted.workspace, ActivityKind::Http);
         }
 
-        let started = Instant::now();
         let tally = Arc::new(RequestTally::default());
         let websocket = rewrite::is_websocket_upgrade(&parts);
         // The handle to the client's side of an upgrade lives in the request's extensions,

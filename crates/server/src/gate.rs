@@ -2,7 +2,6 @@
 //! names, who is asking, whether they may, whether the workspace must be woken first, and
 //! where its container is. Stages: resolve -> authenticate -> authorize -> wake -> locate.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -215,7 +214,7 @@ impl AppGate {
         if let Some(route) = self.state.routes.get(&host.host) {
             return Ok(route);
         }
-        let route = lookup(self.state.store.as_ref(), &host.owner, &host.workspace).await?.map(Arc::new);
+        let route = Box::pin(lookup(self.state.store.as_ref(), &host.owner, &host.workspace)).await?.map(Arc::new);
         self.state.routes.put(host.host.clone(), route.clone());
         Ok(route)
     }
@@ -373,11 +372,11 @@ impl AppGate {
                 _ => pages::not_found(),
             }));
         };
-        // Borrowed from the cached route on the fast path; replaced by a fresh read otherwise.
-        let ws = Cow::Borrowed(&route.workspace);
+        // The cached route's on the fast path; replaced by a fresh read otherwise (below).
+        let ws = &route.workspace;
         let target = match Target::of(&host.app) {
             Some(target) => target,
-            None => return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string()))),
+            None => return Ok(Verdict::Respond(pages::no_such_app(ws, &host.app.to_string()))),
         };
         if let Identity::Bearer(_, TokenScope::Read) = identity {
             if !read_may(parts, target) {
@@ -404,55 +403,29 @@ impl AppGate {
         // The cached route is the fast path; when it says "running" but the container has no
         // address, the cache is behind (an idle stop, a crash): ask the store.
         let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
-        let cached = if running(&ws) { self.address(&ws).await } else { None };
-        let (ws, ip, recently_woken) = match cached {
+        let cached = if running(ws) { self.address(ws).await } else { None };
+        // The slow path's future is boxed: the fast path's (boxed per request by the trait)
+        // stays small.
+        let fresh: Option<Box<Workspace>>;
+        let (ip, recently_woken) = match cached {
             Some(ip) => {
-                let recently_woken = Utc::now() - ws.updated_at < RECENT;
-                (ws, ip, recently_woken)
+                fresh = None;
+                (ip, Utc::now() - ws.updated_at < RECENT)
             }
-            None => {
-                self.state.routes.invalidate();
-                let browser = wants_html(parts);
-                let fresh = self.state.store.workspace_get(ws.id).await?;
-                // A wake is a start like any other: it must fit in the running quota, and the
-                // permit is held until the wish to run is written.
-                let permit = if fresh.desired == DesiredState::Stopped {
-                    match crate::quotas::check_running(&self.state, fresh.owner, Some(fresh.id)).await {
-                        Ok(permit) => Some(permit),
-                        Err(crate::error::ApiError::Conflict(message)) => {
-                            return Ok(Verdict::Respond(pages::over_quota(&fresh, &message, browser)));
-                        }
-                        Err(e) => return Ok(Verdict::Respond(axum::response::IntoResponse::into_response(e))),
-                    }
-                } else {
-                    None
-                };
-                let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
-                drop(permit);
-                let recently_woken = Utc::now() - ws.updated_at < RECENT;
-                let ws = if running(&ws) {
-                    ws
-                } else if browser {
-                    return Ok(Verdict::Respond(pages::starting(&ws)));
-                } else {
-                    let deadline = Instant::now() + self.state.config.wake_wait;
-                    let ws = self.wait_running(ws.id, deadline).await?;
-                    if ws.actual != ActualState::Running {
-                        return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
-                    }
-                    ws
-                };
-                let Some(ip) = self.address(&ws).await else {
-                    return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait)));
-                };
-                (Cow::Owned(ws), ip, recently_woken)
-            }
+            None => match Box::pin(self.wake_for_request(parts, ws.id)).await? {
+                Ok((woken, ip, recently_woken)) => {
+                    fresh = Some(Box::new(woken));
+                    (ip, recently_woken)
+                }
+                Err(verdict) => return Ok(verdict),
+            },
         };
+        let ws = fresh.as_deref().unwrap_or(ws);
         let (upstream, probe_key) = match target {
             Target::Port(port) => (Upstream::Tcp(SocketAddr::new(ip, port)), port),
             Target::Terminal | Target::Editor => {
                 let Some(dir) = self.state.agents.run_dir(ws.id) else {
-                    return Ok(Verdict::Respond(pages::no_such_app(&ws, &host.app.to_string())));
+                    return Ok(Verdict::Respond(pages::no_such_app(ws, &host.app.to_string())));
                 };
                 let socket = match target {
                     Target::Editor => dir.join(agent::USER_RUN_SUBDIR).join(EDITOR_SOCKET),
@@ -465,14 +438,14 @@ impl AppGate {
         // The agent's sockets appear a moment after the container starts (the editor's a few
         // seconds later): always wait for them, once per start.
         let served_by_agent = !matches!(target, Target::Port(_));
-        if recently_woken || served_by_agent {
-            self.await_port(&ws, probe_key, &upstream).await;
+        if (recently_woken || served_by_agent) && !self.seen_listening(ws, probe_key) {
+            Box::pin(self.await_port(ws, probe_key, &upstream)).await;
         }
         // Read after the probe: the agent writes a new secret at each start, before it listens.
         let headers = match target {
             Target::Terminal => match self.state.agents.endpoint(ws.id) {
                 Some((_, secret)) => agent_headers(&secret, "term"),
-                None => return Ok(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait))),
+                None => return Ok(Verdict::Respond(pages::still_starting(ws, self.state.config.wake_wait))),
             },
             _ => Vec::new(),
         };
@@ -492,13 +465,66 @@ impl AppGate {
         }))
     }
 
+    /// The slow path of a request whose cached route does not say "running with an address":
+    /// the workspace freshly read, woken if stopped (within the running quota), waited for
+    /// (bounded) unless a browser asks; its address, and whether it started recently. `Err`
+    /// is the answer instead.
+    async fn wake_for_request(
+        &self,
+        parts: &http::request::Parts,
+        id: WorkspaceId,
+    ) -> Result<Result<(Workspace, IpAddr, bool), Verdict>, StoreError> {
+        let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
+        self.state.routes.invalidate();
+        let browser = wants_html(parts);
+        let fresh = self.state.store.workspace_get(id).await?;
+        // A wake is a start like any other: it must fit in the running quota, and the
+        // permit is held until the wish to run is written.
+        let permit = if fresh.desired == DesiredState::Stopped {
+            match crate::quotas::check_running(&self.state, fresh.owner, Some(fresh.id)).await {
+                Ok(permit) => Some(permit),
+                Err(crate::error::ApiError::Conflict(message)) => {
+                    return Ok(Err(Verdict::Respond(pages::over_quota(&fresh, &message, browser))));
+                }
+                Err(e) => return Ok(Err(Verdict::Respond(axum::response::IntoResponse::into_response(e)))),
+            }
+        } else {
+            None
+        };
+        let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
+        drop(permit);
+        let recently_woken = Utc::now() - ws.updated_at < RECENT;
+        let ws = if running(&ws) {
+            ws
+        } else if browser {
+            return Ok(Err(Verdict::Respond(pages::starting(&ws))));
+        } else {
+            let deadline = Instant::now() + self.state.config.wake_wait;
+            let ws = self.wait_running(ws.id, deadline).await?;
+            if ws.actual != ActualState::Running {
+                return Ok(Err(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait))));
+            }
+            ws
+        };
+        let Some(ip) = self.address(&ws).await else {
+            return Ok(Err(Verdict::Respond(pages::still_starting(&ws, self.state.config.wake_wait))));
+        };
+        Ok(Ok((ws, ip, recently_woken)))
+    }
+
+    /// Whether `port` (or the agent socket it keys) accepted a connection since this start.
+    fn seen_listening(&self, ws: &Workspace, port: u16) -> bool {
+        let key = (ws.id, port, ws.actual_generation);
+        self.listening.lock().unwrap_or_else(|p| p.into_inner()).contains(&key)
+    }
+
     /// Right after a start the app may not listen yet: wait for it (bounded), once per
     /// container start and port. If it never comes, the proxy answers 502.
     async fn await_port(&self, ws: &Workspace, port: u16, upstream: &Upstream) {
-        let key = (ws.id, port, ws.actual_generation);
-        if self.listening.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        if self.seen_listening(ws, port) {
             return;
         }
+        let key = (ws.id, port, ws.actual_generation);
         let deadline = Instant::now() + PATIENCE_AFTER_WAKE;
         while Instant::now() < deadline {
             let attempt = tokio::time::timeout(Duration::from_secs(1), upstream.probe()).await;
