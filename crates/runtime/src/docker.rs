@@ -525,22 +525,9 @@ impl Backend for DockerBackend {
     }
 
     async fn put_archive(&self, spec: &ContainerSpec, dest: &str, archive: &std::path::Path) -> Result<()> {
-        let own = match self.container_of(spec.workspace).await {
-            Ok(listed) => listed.id,
-            Err(BackendError::NoContainer) => None,
-            Err(e) => return Err(e),
-        };
-        let (container, helper) = match own {
-            Some(id) => (id, false),
-            None => (self.push_helper(spec).await?, true),
-        };
+        let (container, helper) = self.files_container(spec).await?;
         let result = self.upload(&container, dest, archive).await;
-        if helper {
-            // Whatever the upload did, the helper goes: it was never the workspace's.
-            if let Err(e) = self.remove_by_id(&container).await {
-                tracing::warn!(container = %container, error = %e, "cannot remove the push helper container");
-            }
-        }
+        self.release_files_container(&container, helper).await;
         result
     }
 
@@ -551,21 +538,9 @@ impl Backend for DockerBackend {
         into: &std::path::Path,
         max_bytes: u64,
     ) -> Result<bool> {
-        let own = match self.container_of(spec.workspace).await {
-            Ok(listed) => listed.id,
-            Err(BackendError::NoContainer) => None,
-            Err(e) => return Err(e),
-        };
-        let (container, helper) = match own {
-            Some(id) => (id, false),
-            None => (self.push_helper(spec).await?, true),
-        };
+        let (container, helper) = self.files_container(spec).await?;
         let result = self.download(&container, path, into, max_bytes).await;
-        if helper {
-            if let Err(e) = self.remove_by_id(&container).await {
-                tracing::warn!(container = %container, error = %e, "cannot remove the helper container");
-            }
-        }
+        self.release_files_container(&container, helper).await;
         result
     }
 
@@ -655,6 +630,25 @@ impl Backend for DockerBackend {
 }
 
 impl DockerBackend {
+    /// The container through which the workspace's files are reached: its own, or while it
+    /// has none a helper on its volume (`true`), for [`Self::release_files_container`].
+    async fn files_container(&self, spec: &ContainerSpec) -> Result<(String, bool)> {
+        match self.container_of(spec.workspace).await {
+            Ok(Listed { id: Some(id), .. }) => Ok((id, false)),
+            Ok(_) | Err(BackendError::NoContainer) => Ok((self.push_helper(spec).await?, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whatever was done through it, a helper goes: it was never the workspace's.
+    async fn release_files_container(&self, container: &str, helper: bool) {
+        if helper {
+            if let Err(e) = self.remove_by_id(container).await {
+                tracing::warn!(container = %container, error = %e, "cannot remove the helper container");
+            }
+        }
+    }
+
     /// A container on the workspace's volume that is never started: something to put files
     /// through while the workspace has no container of its own. It carries the instance
     /// label (sweeps find it) but no workspace label, so `observe` never mistakes it for the
