@@ -81,6 +81,16 @@ impl Dash {
         page.body[at..].split('"').next().unwrap().to_string()
     }
 
+    /// Alice logged in (her session cookie and CSRF token) with her workspace `web`, made
+    /// through the wizard.
+    async fn alice_with_web(&self) -> (String, String, cove_core::Workspace) {
+        let alice = self.login("alice").await;
+        let token = self.csrf(&alice).await;
+        self.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+        let ws = self.workspaces_of("alice").await.remove(0);
+        (alice, token, ws)
+    }
+
     async fn workspaces_of(&self, user: &str) -> Vec<cove_core::Workspace> {
         let (u, _) = self.store.user_get_by_name_with_password(&Name::parse(user).unwrap()).await.unwrap().unwrap();
         self.store.workspace_list_by_owner(u.id).await.unwrap()
@@ -236,9 +246,7 @@ async fn a_member_gets_the_same_not_found_for_another_members_workspace_as_for_n
 #[tokio::test]
 async fn actions_need_confirmation_where_they_destroy() {
     let d = dash("http://localhost:7080").await;
-    let alice = d.login("alice").await;
-    let token = d.csrf(&alice).await;
-    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
+    let (alice, token, _) = d.alice_with_web().await;
     let a = d.post(&alice, "/w/web/state", &format!("csrf={token}&to=stopped")).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert_eq!(d.workspaces_of("alice").await[0].desired, DesiredState::Stopped);
@@ -464,10 +472,7 @@ async fn admins_manage_instance_secrets_that_members_do_not_see_listed() {
 async fn the_new_forms_refuse_a_missing_csrf_token_and_change_nothing() {
     use cove_store::SecretScope;
     let d = dash("http://localhost:7080").await;
-    let alice = d.login("alice").await;
-    let token = d.csrf(&alice).await;
-    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
-    let ws = d.workspaces_of("alice").await.remove(0);
+    let (alice, _, ws) = d.alice_with_web().await;
     let bob = d.login("bob").await;
     let bobs = d.csrf(&bob).await;
     let session = d.store.session_list_by_user(user_id(&d, "alice").await).await.unwrap()[0].token.id;
@@ -500,10 +505,7 @@ async fn the_new_forms_refuse_a_missing_csrf_token_and_change_nothing() {
 async fn a_member_cannot_see_or_change_anothers_secrets_or_sessions() {
     use cove_store::SecretScope;
     let d = dash("http://localhost:7080").await;
-    let alice = d.login("alice").await;
-    let token = d.csrf(&alice).await;
-    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
-    let ws = d.workspaces_of("alice").await.remove(0);
+    let (alice, token, ws) = d.alice_with_web().await;
     d.post(&alice, "/secrets", &format!("csrf={token}&kind=env&name=ALICE_ONLY&value={VALUE}")).await;
     d.post(&alice, "/w/web/secrets", &format!("csrf={token}&kind=env&name=WS_ONLY&value={VALUE}")).await;
     let uid = user_id(&d, "alice").await;
@@ -585,10 +587,7 @@ async fn the_sessions_page_lists_logins_and_revokes_them() {
 #[tokio::test]
 async fn sharing_from_the_workspace_page_shows_up_for_the_other_user() {
     let d = dash("http://localhost:7080").await;
-    let alice = d.login("alice").await;
-    let token = d.csrf(&alice).await;
-    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
-    let ws = d.workspaces_of("alice").await.remove(0);
+    let (alice, token, ws) = d.alice_with_web().await;
     let page = d.get(&alice, "/w/web").await.body;
     assert!(page.contains("id=\"share-user\"") && page.contains("Not shared"), "{page}");
     let bob = d.login("bob").await;
@@ -627,10 +626,7 @@ async fn sharing_from_the_workspace_page_shows_up_for_the_other_user() {
 #[tokio::test]
 async fn rebuild_is_a_confirmed_form_for_the_owner_only() {
     let d = dash("http://localhost:7080").await;
-    let alice = d.login("alice").await;
-    let token = d.csrf(&alice).await;
-    d.post(&alice, "/new", &format!("{NEW_WEB}&csrf={token}")).await;
-    let ws = d.workspaces_of("alice").await.remove(0);
+    let (alice, token, ws) = d.alice_with_web().await;
     let page = d.get(&alice, "/w/web").await.body;
     let at = page.find("action=\"/w/web/rebuild\"").expect("a rebuild form");
     let form = &page[page[..at].rfind("<form").unwrap()..at + page[at..].find("</form>").unwrap()];
