@@ -103,15 +103,12 @@ pub struct User {
 /// API tokens carry 256 random bits, so a plain SHA-256 is enough to store them:
 /// unlike passwords there is nothing to guess.
 pub fn hash_token(token: &str) -> String {
-    // By hand rather than `hex::encode`, which builds the string a char at a time through an
-    // iterator.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digest = token_digest(token);
-    let mut hex = Vec::with_capacity(digest.len() * 2);
-    for byte in digest {
-        hex.extend([DIGITS[usize::from(byte >> 4)], DIGITS[usize::from(byte & 0xf)]]);
-    }
-    String::from_utf8(hex).unwrap_or_default()
+    hash_from_digest(&token_digest(token))
+}
+
+/// [`hash_token`] of a token whose [`token_digest`] is at hand.
+pub fn hash_from_digest(digest: &[u8; 32]) -> String {
+    hex::encode(digest)
 }
 
 /// The SHA-256 of a token, as bytes: [`hash_token`] is its hex form (what the store keeps).

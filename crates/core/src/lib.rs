@@ -15,7 +15,7 @@ pub mod state;
 pub mod text;
 pub mod workspace;
 
-pub use auth::{hash_token, token_digest, ApiToken, Role, ShareLevel, TokenScope, User};
+pub use auth::{hash_from_digest, hash_token, token_digest, ApiToken, Role, ShareLevel, TokenScope, User};
 pub use ids::{TokenId, UserId, WorkspaceId};
 pub use name::{Name, NameError};
 pub use plan::{plan, Action, ContainerState, Observed, ObservedContainer, Plan};

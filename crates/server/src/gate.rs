@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use cove_core::agent;
 use cove_core::{
-    hash_token, token_digest, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId, Workspace,
-    WorkspaceId,
+    hash_from_digest, token_digest, ActualState, DesiredState, Name, ShareLevel, TokenId, TokenScope, UserId,
+    Workspace, WorkspaceId,
 };
 use cove_proxy::{ActivityKind, Admitted, App, AppHost, Gate, Upstream, Verdict, APP_COOKIE};
 use cove_store::{Store, StoreError, WorkspacePatch};
@@ -247,7 +247,8 @@ impl AppGate {
             return Some(found);
         }
         let generation = self.state.access.generation();
-        let (token, user) = self.state.store.token_authenticate(&hash_token(secret), Utc::now()).await.ok()??;
+        let (token, user) =
+            self.state.store.token_authenticate(&hash_from_digest(&digest), Utc::now()).await.ok()??;
         // A token never outranks its user (as in the API).
         let scope = token.scope.min(TokenScope::widest_for(user.role));
         let mut tokens = self.state.access.tokens.lock().unwrap_or_else(|p| p.into_inner());
