@@ -23,12 +23,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::affinity::Affinity;
+use crate::rewrite;
 use crate::upstream::{self, Upstream, UpstreamStream};
 
 /// What a connection reads into at a time; a response head may grow it up to [`MAX_HEAD`].
@@ -173,7 +174,7 @@ impl Connection {
         let framing = framing(status, head_only, &mut headers)?;
         let keep_alive = version == Version::HTTP_11
             && !matches!(framing, Framing::UntilClose)
-            && !has_token(&headers, CONNECTION, "close");
+            && !rewrite::connection_tokens(&headers).any(|token| token.eq_ignore_ascii_case("close"));
         Ok(Some(Head { status, headers, framing, keep_alive }))
     }
 
@@ -223,14 +224,14 @@ impl Connection {
         Poll::Ready(Ok(n))
     }
 
-    /// The line at the start of what was read, without its line ending, if it is all there.
-    fn line(&mut self) -> Option<Bytes> {
-        let window = &self.buf[self.start..self.end];
-        let newline = window.iter().position(|byte| *byte == b'\n')?;
-        let line = window[..newline].strip_suffix(b"\r").unwrap_or(&window[..newline]);
-        let line = Bytes::copy_from_slice(line);
+    /// The line at the start of what was read, without its line ending, if it is all there
+    /// (consumed: it stays readable until the next read).
+    fn line(&mut self) -> Option<&[u8]> {
+        let start = self.start;
+        let newline = self.buf[start..self.end].iter().position(|byte| *byte == b'\n')?;
         self.start += newline + 1;
-        Some(line)
+        let line = &self.buf[start..start + newline];
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
     }
 }
 
@@ -329,15 +330,6 @@ fn framing(status: StatusCode, head_only: bool, headers: &mut HeaderMap) -> Resu
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
-}
-
 fn invalid_body(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
@@ -399,7 +391,7 @@ fn step(connection: &mut Connection, framing: &mut Framing) -> io::Result<Step> 
             match chunk {
                 Chunk::Size => {
                     let Some(line) = connection.line() else { return Ok(Step::NeedMore) };
-                    let size = chunk_size(&line)?;
+                    let size = chunk_size(line)?;
                     *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                     if size > 0 {
                         return step(connection, framing);

@@ -225,7 +225,7 @@ fn keep_upgrade(headers: &mut HeaderMap, upgrade: Vec<HeaderValue>) {
 }
 
 /// The tokens of all `Connection` headers, as sent (compare them ignoring case).
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(CONNECTION)
         .iter()
