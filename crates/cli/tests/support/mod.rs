@@ -82,9 +82,12 @@ impl Engine {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// The tiny test image, built once per machine; its own file lock keeps tests that
+    /// start together on a fresh machine from building the same tag side by side.
     pub fn tiny_image(endpoint: &str) -> String {
-        let out = Command::new(COVE)
-            .args(["image", "bootstrap", "--tiny", "--engine", endpoint])
+        let out = Command::new("flock")
+            .arg(std::env::temp_dir().join("cove-tiny-image.lock"))
+            .args([COVE, "image", "bootstrap", "--tiny", "--engine", endpoint])
             .env("COVE_DATA_DIR", std::env::temp_dir())
             .output()
             .unwrap();
