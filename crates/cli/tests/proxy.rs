@@ -184,12 +184,17 @@ fn an_idle_workspace_stops_and_the_next_request_wakes_it_with_its_files() {
     let host = workspace_with_upstream(&server, "nap");
     let http = Http::new(&server, &host);
     server.ok(&["exec", "nap", "--", "sh", "-c", "echo still here > ~/project/note.txt"]);
-    server.ok(&["set", "nap", "--idle-timeout", "4s"]);
+    server.ok(&["set", "nap", "--idle-timeout", "6s"]);
 
-    // Requests keep it awake...
-    let until = Instant::now() + Duration::from_secs(7);
-    while Instant::now() < until {
+    // Requests keep it awake past its timeout... The loop ends on a request, so the check
+    // below has most of the timeout to spare even though a connection reports at most one
+    // request a second as activity.
+    let until = Instant::now() + Duration::from_secs(9);
+    loop {
         assert_eq!(http.get(&format!("http://{host}/")).0, StatusCode::OK);
+        if Instant::now() >= until {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(700));
     }
     let show = server.ok(&["show", "nap"]);
