@@ -203,6 +203,10 @@ fn an_idle_workspace_stops_and_the_next_request_wakes_it_with_its_files() {
 
     // ...and without them it stops.
     server.wait_for("nap", "the idle stop", WAIT, |ws| state(ws) == ("Stopped", "Stopped"));
+    // The wake below counts its idle window from the wake, and the request is recorded as
+    // activity only once admitted, after the app's port answers: a long timeout keeps a slow
+    // start from being stopped again before then. Changing it does not start the workspace.
+    server.ok(&["set", "nap", "--idle-timeout", "1h"]);
 
     // The next request wakes it, waits, and is served; the file is still there.
     let started = Instant::now();
