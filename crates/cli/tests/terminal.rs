@@ -144,12 +144,19 @@ fn the_web_terminal_works_in_a_browser_through_the_proxy_and_survives_a_reload()
 #[test]
 fn terminal_input_postpones_the_idle_stop_and_its_absence_lets_it_come() {
     let server = TestServer::start();
-    server.ok(&["create", "busy", "--idle-timeout", "4s"]);
+    server.ok(&["create", "busy"]);
     let (socket, secret) = server.agent_endpoint("busy", WAIT);
     let rt = support::rt();
     let mut term = rt.block_on(attach(&socket, &secret, None));
-    // Three timeouts' worth of typing, a keystroke every half second.
-    let typing_until = std::time::Instant::now() + Duration::from_secs(12);
+    rt.block_on(async {
+        term.input("echo ready-$((1+1))\n").await;
+        term.until("ready-2\r\n").await;
+    });
+    // The short timeout is set once the shell answers (the change restarts the idle
+    // window), so however slow the start, the window opens with the typing.
+    server.ok(&["set", "busy", "--idle-timeout", "6s"]);
+    // Well over two timeouts' worth of typing, a keystroke every half second.
+    let typing_until = std::time::Instant::now() + Duration::from_secs(15);
     let mut n = 0;
     while std::time::Instant::now() < typing_until {
         n += 1;
