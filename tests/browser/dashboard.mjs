@@ -109,8 +109,14 @@ await session('dash', summary, { width: 1100, height: 800 }, async ({ page, shot
   await page.locator('#open-term').click();
   await page.locator('.xterm-helper-textarea').waitFor({ state: 'attached', timeout: deadlineMs });
   const screen = async () => page.evaluate(() => document.querySelector('.xterm-rows')?.innerText || '');
+  // The page drops keystrokes until its WebSocket is open, and the shell's prompt comes over
+  // that socket: type once it shows. A try whose start was dropped anyway can leave the
+  // shell in an open quote, where every retyped line (two quotes) keeps it; Ctrl+C first
+  // cancels such a partial line.
+  await until("the shell's prompt", async () => (await screen()).trim() !== '');
   const typed = await until('the shell to answer', async () => {
     await page.locator('.xterm-helper-textarea').focus();
+    await page.keyboard.press('Control+C');
     await page.keyboard.type('echo "dash-$((6*7))"');
     await page.keyboard.press('Enter');
     for (let i = 0; i < 15; i++) {

@@ -58,9 +58,11 @@ await session('term', summary, { width: 1000, height: 600 }, async ({ page, shot
 
   await logIn(termUrl, () => shot('term-01-login.png'));
 
+  // The page drops keystrokes until its WebSocket is open; the shell's prompt comes over
+  // that socket, so once it shows, what is typed reaches the shell.
+  await waitForText("the shell's prompt", (t) => t.trim() !== '');
   // The shell answers: a marker computed by the shell (so the echo of the typed line
   // cannot match), and its pid, to tell the same shell after the reload.
-  await waitForText('the terminal', () => true);
   await type('M=$((6*7)); echo "marker-$M pid-$$"');
   const text = await waitForText('the marker', (t) => /marker-42 pid-\d+/.test(t));
   summary.shell = text.match(/marker-42 pid-(\d+)/)[0];
