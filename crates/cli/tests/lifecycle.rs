@@ -58,8 +58,14 @@ fn full_user_flow() {
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
-    // The container's output: one start line per start so far (create, then start).
-    let logs = server.ok(&["logs", "api"]);
+    // The container's output: one start line per start so far (create, then start), the
+    // second start's ready line last. The agent may say it is ready after `start` returns,
+    // so the logs are read until it has.
+    let logs = poll("the second start's ready line at the end of the logs", WAIT, || {
+        let logs = server.ok(&["logs", "api"]);
+        let second_start_seen = logs.matches("starting in workspace api").count() >= 2;
+        (second_start_seen && logs.ends_with("cove agent: ready\n")).then_some(logs)
+    });
     assert_eq!(logs.matches("starting in workspace api").count(), 2, "{logs:?}");
     assert_eq!(server.ok(&["logs", "api", "--tail", "1"]), "cove agent: ready\n");
 
