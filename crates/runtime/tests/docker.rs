@@ -194,7 +194,7 @@ async fn workspace_lifecycle() -> TestResult {
     assert_eq!(observed(b, id).await?, Some(Observed { container: container(ContainerState::Running), volume: true }));
 
     // The main process makes ~/project on the volume; wait for it rather than guess.
-    eventually("the project folder", Duration::from_secs(5), || async {
+    eventually("the project folder", Duration::from_secs(30), || async {
         Ok(exec(b, id, "test -d ~/project").await?.exit == Some(0))
     })
     .await?;
@@ -209,10 +209,10 @@ async fn workspace_lifecycle() -> TestResult {
     assert!(logs.iter().all(|l| l.len() < 10_000), "the idle process logs nothing much");
 
     // With an init the idle shell exits on SIGTERM at once instead of being killed after
-    // the stop timeout.
+    // the stop timeout (10 s): well under that, however busy the engine, is the SIGTERM.
     let started = Instant::now();
     b.stop_container(id).await?;
-    assert!(started.elapsed() < Duration::from_secs(5), "stop took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(9), "stop took {:?}", started.elapsed());
     b.stop_container(id).await?;
     assert_eq!(observed(b, id).await?.and_then(|o| o.container), container(ContainerState::Exited { code: 0 }));
     assert!(matches!(exec(b, id, "true").await, Err(BackendError::NotRunning)));
