@@ -309,7 +309,6 @@ fn openssh_shells_commands_scp_forwarding_and_a_stable_host_key() {
 #[test]
 fn typing_over_ssh_postpones_the_idle_stop_and_an_idle_session_does_not() {
     let t = Ssh::new("nap");
-    t.server.ok(&["set", "nap", "--idle-timeout", "6s"]);
     let child = t
         .ssh_command("ssh")
         .args(["-tt", "cove.nap"])
@@ -323,6 +322,9 @@ fn typing_over_ssh_postpones_the_idle_stop_and_an_idle_session_does_not() {
     let mut stdin = child.0.stdin.take().unwrap();
     stdin.write_all(b"echo ready-$((1+1))\n").unwrap();
     lines.wait_for("ready-2", WAIT);
+    // The short timeout is set once the session is up (the change restarts the idle
+    // window), so however slow the connection, the window opens with the typing.
+    t.server.ok(&["set", "nap", "--idle-timeout", "6s"]);
 
     // Input every second, for well past the timeout (a person typing, not a wait).
     let typing_until = Instant::now() + Duration::from_secs(15);
