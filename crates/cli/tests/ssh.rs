@@ -250,17 +250,26 @@ fn openssh_shells_commands_scp_forwarding_and_a_stable_host_key() {
     let table = t.server.ok(&["ports", "box"]);
     assert!(table.contains("8765") && table.contains("127.0.0.1"), "{table}");
 
-    let local = free_port();
-    let forward = t
-        .ssh_command("ssh")
-        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &format!("{local}:127.0.0.1:8765"), host])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let forward = Killed(forward);
-    let body = poll("ssh -L to forward", WAIT, || http_get(local).filter(|b| b.contains("hello-from-box")));
+    // A port found free can be taken again before ssh binds it: ssh then exits
+    // (ExitOnForwardFailure), and the forward is tried once more on another port.
+    let forward_8765 = || {
+        let local = free_port();
+        let forward = t
+            .ssh_command("ssh")
+            .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L", &format!("{local}:127.0.0.1:8765"), host])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut forward = Killed(forward);
+        poll("ssh -L to forward (or exit)", WAIT, || {
+            if let Some(body) = http_get(local).filter(|b| b.contains("hello-from-box")) {
+                return Some(Ok(body));
+            }
+            forward.0.try_wait().unwrap().map(Err)
+        })
+    };
+    let body = forward_8765().or_else(|_| forward_8765()).unwrap_or_else(|status| panic!("ssh -L exited: {status}"));
     assert!(body.starts_with("HTTP/1.0 200"), "{body}");
-    drop(forward);
 
     // `cove port-forward` over the same tunnel.
     let mut forward = Command::new(support::COVE)
