@@ -205,7 +205,7 @@ fn a_dockerfile_devcontainer_from_a_git_server_is_built_cached_and_rebuilt() {
     let mut expected = first_run.clone();
     expected.push("postStart hello".into());
     assert_eq!(order, expected);
-    let ws = server.wait_for("one", "its agent ready after the restart", WAIT, |ws| ws["agent"]["state"] == "ready");
+    let ws = server.wait_for_agent_ready_again("one", WAIT);
     assert_eq!(ws["image"], image.as_str(), "{ws}");
     // The hooks' files are in the build context (`..`), but code is no reason to rebuild.
     assert_eq!(ws["rebuild_needed"], false, "{ws}");

@@ -118,7 +118,7 @@ fn hooks_run_in_order_once_and_on_every_start_and_attach() {
     assert_eq!(on_start, "hello-loud");
     let restarted = wait_for_lines(&server, "hooks", 6);
     assert_eq!(restarted[5], "postStart hello-loud", "{restarted:?}");
-    server.wait_for("hooks", "the agent to be ready again", WAIT, |ws| ws["agent"]["state"] == "ready");
+    server.wait_for_agent_ready_again("hooks", WAIT);
     let (socket, secret) = agent_socket(&server, "hooks", Some(&secret));
     rt.block_on(attach_terminal(&socket, &secret));
     let all = wait_for_lines(&server, "hooks", 7);

@@ -83,9 +83,7 @@ fn a_workspace_from_a_repository_starts_with_its_branch_cloned_once() {
     // A second start does not clone again: the user's work stays as it is.
     server.ok(&["exec", "api", "--", "sh", "-c", "echo mine > project/README.md && rm project/feature.txt"]);
     server.ok(&["restart", "api"]);
-    server.wait_for("api", "the agent after the restart", Duration::from_secs(60), |w| {
-        w["agent"]["state"] == "ready" && w["actual_state"] == "Running"
-    });
+    server.wait_for_agent_ready_again("api", Duration::from_secs(60));
     assert_eq!(server.ok(&["exec", "api", "--", "cat", "project/README.md"]), "mine\n");
     let gone = server.cove(&["exec", "api", "--", "test", "-e", "project/feature.txt"]);
     assert!(!gone.status.success(), "the deleted file came back");

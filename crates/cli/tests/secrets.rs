@@ -91,9 +91,7 @@ fn env_of(server: &TestServer, ws: &str, key: &str) -> String {
 
 fn restart(server: &TestServer, ws: &str) {
     server.ok(&["restart", ws]);
-    server.wait_for(ws, "the agent to be ready again", WAIT, |w| {
-        w["actual_state"] == "Running" && w["agent"]["state"] == "ready"
-    });
+    server.wait_for_agent_ready_again(ws, WAIT);
 }
 
 #[test]

@@ -262,6 +262,21 @@ impl TestServer {
         })
     }
 
+    /// Polls `show NAME` until it runs and its agent has said ready since the workspace last
+    /// changed (`updated_at`). The previous start's last report is shown until the new
+    /// agent's first; after a restart, `updated_at` is when the stop had finished and the
+    /// restart became a wish to run, so only this start's agent can have reported since.
+    pub fn wait_for_agent_ready_again(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_for(name, "this start's agent to say ready", timeout, |ws| {
+            let at = |v: &Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            let reported_since = matches!(
+                (at(&ws["agent"]["reported_at"]), at(&ws["updated_at"])),
+                (Some(reported), Some(changed)) if reported > changed
+            );
+            state(ws) == ("Running", "Running") && ws["agent"]["state"] == "ready" && reported_since
+        })
+    }
+
     /// The admin's password, as the server wrote it on first start.
     pub fn admin_password(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("initial-admin-password")).unwrap().trim().to_string()
