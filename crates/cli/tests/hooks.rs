@@ -79,6 +79,16 @@ async fn attach_terminal(socket: &Path, secret: &str) {
     ws.close(None).await.unwrap();
 }
 
+/// Waits for the agent to have finished postStartCommand `starts` times (once per start,
+/// in the container's log): only then does an attach run postAttachCommand. Its line in
+/// order.log comes earlier, while the hook's shell is still exiting.
+fn wait_for_post_start_done(server: &TestServer, name: &str, starts: usize) {
+    poll(&format!("postStartCommand to be done {starts} time(s)"), WAIT, || {
+        let logs = server.ok(&["logs", name]);
+        (logs.matches("cove agent: postStartCommand done").count() >= starts).then_some(())
+    });
+}
+
 fn wait_for_lines(server: &TestServer, name: &str, count: usize) -> Vec<String> {
     poll(&format!("{count} lines in order.log"), WAIT, || {
         let lines = lines(server, name, "order.log");
@@ -99,6 +109,7 @@ fn hooks_run_in_order_once_and_on_every_start_and_attach() {
     let started = wait_for_lines(&server, "hooks", 4);
     assert_eq!(started, ["onCreate", "updateContent", "postCreate", "postStart hello-loud"]);
     server.wait_for("hooks", "the agent to be ready", WAIT, |ws| ws["agent"]["state"] == "ready");
+    wait_for_post_start_done(&server, "hooks", 1);
 
     let (socket, secret) = agent_socket(&server, "hooks", None);
     let rt = support::rt();
@@ -119,6 +130,7 @@ fn hooks_run_in_order_once_and_on_every_start_and_attach() {
     let restarted = wait_for_lines(&server, "hooks", 6);
     assert_eq!(restarted[5], "postStart hello-loud", "{restarted:?}");
     server.wait_for_agent_ready_again("hooks", WAIT);
+    wait_for_post_start_done(&server, "hooks", 2);
     let (socket, secret) = agent_socket(&server, "hooks", Some(&secret));
     rt.block_on(attach_terminal(&socket, &secret));
     let all = wait_for_lines(&server, "hooks", 7);
