@@ -333,7 +333,7 @@ impl AppGate {
     async fn wait_running(&self, id: WorkspaceId, deadline: Instant) -> Result<Workspace, StoreError> {
         loop {
             let ws = self.state.store.workspace_get(id).await?;
-            if ws.actual == ActualState::Running && ws.desired == DesiredState::Running || Instant::now() >= deadline {
+            if serving(&ws) || Instant::now() >= deadline {
                 return Ok(ws);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -403,8 +403,7 @@ impl AppGate {
 
         // The cached route is the fast path; when it says "running" but the container has no
         // address, the cache is behind (an idle stop, a crash): ask the store.
-        let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
-        let cached = if running(ws) { self.address(ws).await } else { None };
+        let cached = if serving(ws) { self.address(ws).await } else { None };
         // The slow path's future is boxed: the fast path's (boxed per request by the trait)
         // stays small.
         let fresh: Option<Box<Workspace>>;
@@ -475,7 +474,6 @@ impl AppGate {
         parts: &http::request::Parts,
         id: WorkspaceId,
     ) -> Result<Result<(Workspace, IpAddr, bool), Verdict>, StoreError> {
-        let running = |w: &Workspace| w.actual == ActualState::Running && w.desired == DesiredState::Running;
         self.state.routes.invalidate();
         let browser = wants_html(parts);
         let fresh = self.state.store.workspace_get(id).await?;
@@ -492,10 +490,10 @@ impl AppGate {
         } else {
             None
         };
-        let ws = if running(&fresh) { fresh } else { self.wake(&fresh).await? };
+        let ws = if serving(&fresh) { fresh } else { self.wake(&fresh).await? };
         drop(permit);
         let recently_woken = Utc::now() - ws.updated_at < RECENT;
-        let ws = if running(&ws) {
+        let ws = if serving(&ws) {
             ws
         } else if browser {
             return Ok(Err(Verdict::Respond(pages::starting(&ws))));
@@ -519,12 +517,10 @@ impl AppGate {
         self.listening.lock().unwrap_or_else(|p| p.into_inner()).contains(&key)
     }
 
-    /// Right after a start the app may not listen yet: wait for it (bounded), once per
-    /// container start and port. If it never comes, the proxy answers 502.
+    /// Right after a start the app may not listen yet: wait for it (bounded). Asked once per
+    /// container start and port (the caller checks [`Self::seen_listening`] first). If it
+    /// never comes, the proxy answers 502.
     async fn await_port(&self, ws: &Workspace, port: u16, upstream: &Upstream) {
-        if self.seen_listening(ws, port) {
-            return;
-        }
         let key = (ws.id, port, ws.actual_generation);
         let deadline = Instant::now() + PATIENCE_AFTER_WAKE;
         while Instant::now() < deadline {
@@ -620,13 +616,17 @@ fn agent_headers(secret: &str, app: &'static str) -> Vec<(http::HeaderName, http
     headers
 }
 
+/// Runs and is meant to: requests can go to it now (not stopping, not starting).
+fn serving(ws: &Workspace) -> bool {
+    ws.actual == ActualState::Running && ws.desired == DesiredState::Running
+}
+
 pub fn label(ws: &Workspace) -> String {
     format!("{}/{}", ws.owner_name, ws.name)
 }
 
 fn status_json(ws: &Workspace) -> Response {
-    let ready = ws.actual == ActualState::Running && ws.desired == DesiredState::Running;
-    let body = json!({ "workspace": ws.name.as_str(), "actual_state": ws.actual, "desired_state": ws.desired, "message": ws.message, "ready": ready });
+    let body = json!({ "workspace": ws.name.as_str(), "actual_state": ws.actual, "desired_state": ws.desired, "message": ws.message, "ready": serving(ws) });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
