@@ -149,7 +149,7 @@ impl Proxy {
         // An upgraded connection outlives the client connection's HTTP phase, and HTTP/2
         // streams run in tasks of their own: those go through the shared pool.
         let affinity = affinity.filter(|_| !websocket && version_is_http1(parts.version));
-        let mut forwarding = Forwarding {
+        let forwarding = Forwarding {
             upstream: None,
             peer: forwarded_for,
             host: &host.host,
@@ -169,11 +169,14 @@ impl Proxy {
             }
             affinity => {
                 let body = Body::new(TalliedBody::new(body, tally.clone()));
-                let request = match affinity {
-                    Some(_) => Ok(()),
-                    None => admitted.upstream.authority().map(|upstream| forwarding.upstream = Some(upstream)),
+                // The pool needs the upstream's authority; a connection of its own does not.
+                let upstream = match affinity {
+                    Some(_) => Ok(None),
+                    None => admitted.upstream.authority().map(Some),
                 };
-                let request = request.and_then(|()| rewrite::upstream_request(parts, body, &forwarding));
+                let request = upstream.and_then(|upstream| {
+                    rewrite::upstream_request(parts, body, &Forwarding { upstream, ..forwarding })
+                });
                 let outcome = match request {
                     Ok(request) => self.forward(request, &admitted, &tally, affinity).await,
                     Err(error) => Err(ForwardError::Proxy(error)),
