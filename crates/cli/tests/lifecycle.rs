@@ -25,12 +25,7 @@ fn started_at(id: cove_core::WorkspaceId) -> String {
     let container = String::from_utf8(listed.stdout).unwrap();
     let container = container.trim();
     assert!(!container.is_empty(), "no container for workspace {id}");
-    let inspected = std::process::Command::new("podman")
-        .args(["inspect", "--format", "{{.State.StartedAt}}", container])
-        .output()
-        .unwrap();
-    assert!(inspected.status.success(), "podman inspect: {}", String::from_utf8_lossy(&inspected.stderr));
-    String::from_utf8(inspected.stdout).unwrap().trim().to_string()
+    support::podman_inspect(container, "{{.State.StartedAt}}")
 }
 
 #[test]

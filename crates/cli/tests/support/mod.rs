@@ -335,13 +335,16 @@ pub fn browser(server: &TestServer, script: &str, env: &[(&str, String)]) -> Val
     serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
 
+/// `podman inspect -f FORMAT CONTAINER`, trimmed.
+pub fn podman_inspect(container: &str, format: &str) -> String {
+    let inspect = Command::new("podman").args(["inspect", "-f", format, container]).output().unwrap();
+    assert!(inspect.status.success(), "podman inspect {container}: {}", String::from_utf8_lossy(&inspect.stderr));
+    String::from_utf8(inspect.stdout).unwrap().trim().to_string()
+}
+
 /// The address of Podman container `name` on its network (a fixture server the tests start).
 pub fn container_ip(name: &str) -> String {
-    let inspect = Command::new("podman")
-        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name])
-        .output()
-        .unwrap();
-    let ip = String::from_utf8(inspect.stdout).unwrap().trim().to_string();
+    let ip = podman_inspect(name, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
     assert!(!ip.is_empty(), "container {name} has no address");
     ip
 }
