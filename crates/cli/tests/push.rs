@@ -105,8 +105,20 @@ fn bad_pushes_are_refused_and_change_nothing() {
     assert!(err.contains("cannot read /nonexistent/folder"), "{err}");
     let err = server.fails(&["push", "nope", dir]);
     assert!(err.contains("nope"), "{err}");
+    // Refused before its body is read, a big upload still gets the server's reason back
+    // (not a reset connection): the server reads and drops what the client keeps sending.
+    let big = tempfile::tempdir().unwrap();
+    std::fs::write(big.path().join("big.bin"), vec![7u8; 32 << 20]).unwrap();
+    let big = big.path().to_str().unwrap();
+    for _ in 0..3 {
+        let err = server.fails(&["push", "safe", big, "--to", "../etc"]);
+        assert!(err.contains("must be a folder inside the workspace home"), "{err}");
+        let err = server.fails(&["push", "nope", big]);
+        assert!(err.contains("nope"), "{err}");
+    }
 
     // An archive that climbs out of the folder, sent by hand: refused whole, nothing lands.
+    // The 32 MiB after the bad entry are never checked; the refusal still comes back.
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(2);
@@ -118,6 +130,10 @@ fn bad_pushes_are_refused_and_change_nothing() {
     h.as_old_mut().name[..9].copy_from_slice(b"../../bad");
     h.set_cksum();
     b.append(&h, &b"no"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(32 << 20);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "after.bin", &vec![7u8; 32 << 20][..]).unwrap();
     let body = b.into_inner().unwrap();
     let rt = support::rt();
     let response = rt.block_on(
