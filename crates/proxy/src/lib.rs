@@ -30,6 +30,7 @@ mod affinity;
 mod gate;
 mod h1;
 mod host;
+mod linger;
 mod metrics;
 mod proxy;
 mod rewrite;
@@ -39,6 +40,7 @@ mod upstream;
 
 pub use gate::{ActivityKind, Admitted, Gate, Verdict, WebSocketActivity, CODE_SERVER_CONTROL_MESSAGE_BYTES};
 pub use host::{parse_host, App, AppHost};
+pub use linger::linger;
 pub use metrics::Metrics;
 pub use proxy::{Config, Proxy};
 pub use serve::serve;

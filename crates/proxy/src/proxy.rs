@@ -127,11 +127,15 @@ impl Proxy {
         if parts.method == Method::CONNECT {
             // A tunnel to wherever the client likes is not an app request; apps get plain HTTP
             // and WebSocket upgrades.
+            crate::linger(body);
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "cove does not forward CONNECT requests\n".into());
         }
         let admitted = match self.admit(&parts, host, peer).await {
             Verdict::Forward(admitted) => admitted,
-            Verdict::Respond(response) => return response,
+            Verdict::Respond(response) => {
+                crate::linger(body);
+                return response;
+            }
         };
         let started = Instant::now();
         // A busy connection reports its activity once a second, not once a request.

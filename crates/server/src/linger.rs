@@ -1,27 +1,21 @@
-//! Lingering reads: a request refused before its body was read (an unknown workspace, a bad
-//! query, a bad archive halfway through) still has a client sending that body. If the
-//! connection closed with it unread, the kernel would answer the client with a reset, and a
-//! reset can discard the refusal the client had not read yet: it would see "connection
-//! reset" instead of what to fix. So a body dropped before its end is read to its end by a
-//! task of its own, for a bounded time, while the response goes out (nginx's lingering close).
+//! The dashboard origin's side of [`cove_proxy::linger`]: a request refused before its body
+//! was read (an unknown workspace, a bad `cove push` target, a bad archive entry halfway
+//! through) gets its refusal, not a broken connection. Every request's body is wrapped so
+//! that, dropped before its end, the rest is read and dropped in the background.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, SizeHint};
-
-/// How long the rest of a refused body is read before the connection is given up.
-const LINGER: Duration = Duration::from_secs(10);
+use hyper::body::{Frame, SizeHint};
 
 /// Gives every request a body that lingers when dropped unfinished (middleware).
 pub async fn layer(request: Request, next: axum::middleware::Next) -> axum::response::Response {
     next.run(request.map(|body| Body::new(Lingering(Some(body))))).await
 }
 
+/// A request body handed to [`cove_proxy::linger`] if it is dropped before its end.
 struct Lingering(Option<Body>);
 
 impl hyper::body::Body for Lingering {
@@ -48,10 +42,8 @@ impl hyper::body::Body for Lingering {
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(mut body) = self.0.take().filter(|body| !body.is_end_stream()) else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = body.frame().await {} }).await;
-        });
+        if let Some(body) = self.0.take() {
+            cove_proxy::linger(body);
+        }
     }
 }

@@ -716,3 +716,33 @@ async fn concurrent_creates_and_starts_cannot_pass_the_quota_together() {
     assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT), "{statuses:?}");
     assert_eq!(count(Some(DesiredState::Running)).await, running + 1);
 }
+
+/// A big upload refused before its body is read: the client still reads the refusal, on an
+/// app host and on the dashboard origin, instead of a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_uploads_refused_before_their_body_get_the_refusal() {
+    let w = world().await;
+    let upload = || {
+        // Made while it is sent, as `cove push` packs a tree: 32 MiB in 64 KiB pieces.
+        let chunks = futures::stream::unfold(0, |sent| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            (sent < 512).then(|| (Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[7u8; 64 << 10])), sent + 1))
+        });
+        reqwest::Body::wrap_stream(chunks)
+    };
+    for _ in 0..3 {
+        let resp = w.client().post(w.url(&w.app_host(), "/upload")).body(upload()).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.text().await.unwrap().contains("\"unauthenticated\""));
+        let resp = w
+            .client()
+            .put(format!("http://localhost:{}/api/v1/workspaces/nope/files", w.port))
+            .bearer_auth(&w.alice_token)
+            .body(upload())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(resp.text().await.unwrap().contains("nope"));
+    }
+}
