@@ -23,6 +23,7 @@ use tower::ServiceExt;
 
 use crate::affinity::{self, Affinity};
 use crate::host::{parse_host, request_host, AppHost};
+use crate::linger::Lingering;
 use crate::proxy::Proxy;
 use crate::rewrite;
 
@@ -130,7 +131,8 @@ async fn route(request: Request<Incoming>, client: &Client, proxy: &Proxy, fallb
     match app_host {
         Some(host) => proxy.handle_on(request, peer, &client.forwarded_for, &host, Some(&client.affinity)).await,
         None => {
-            let mut request = request.map(Body::new);
+            // A handler that refuses a request before reading its body leaves the rest to `linger`.
+            let mut request = request.map(|body| Body::new(Lingering::new(body)));
             request.extensions_mut().insert(ConnectInfo(peer));
             match fallback.oneshot(request).await {
                 Ok(response) => response,

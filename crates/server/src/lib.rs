@@ -15,7 +15,6 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod handoff;
-pub mod linger;
 pub mod oidc;
 pub mod openapi;
 pub mod pages;
@@ -257,9 +256,8 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(oidc::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::layer))
         .with_state(state.clone());
-    api::router(state)
-        .merge(dashboard)
-        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+    api::router(state).merge(dashboard).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
             let under_apps_domain = request
                 .headers()
                 .get(axum::http::header::HOST)
@@ -272,8 +270,8 @@ pub fn router(state: AppState) -> axum::Router {
                 }
                 next.run(request).await
             }
-        }))
-        .layer(axum::middleware::from_fn(linger::layer))
+        },
+    ))
 }
 
 /// The proxy for app hosts, deciding through the gate.
